@@ -1,0 +1,38 @@
+# apisix-edge-runner: see README.md.
+GO       ?= go
+BIN      := bin
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build run test deps bench lint clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/go-runner ./cmd/go-runner
+	$(GO) build -trimpath -o $(BIN)/edgebench ./cmd/edgebench
+
+deps:
+	@scripts/deps.sh
+
+# The whole suite with the race detector, end-to-end tests included (they
+# build the real binary and start real redis-server and clickhouse-server).
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Runs the product for a newcomer with no APISIX at hand: builds the runner,
+# starts it the way APISIX does and drives scripted traffic through it.
+run: build
+	@scripts/demo.sh
+
+# The no-op baseline at concurrency 1, 8 and 64 (bounded: 3 s per level).
+bench: build
+	$(BIN)/edgebench -spawn $(BIN)/go-runner -runner-config conf/config.yaml -c 1,8,64 -d 3s
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,257 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/apisix-edge/edge-runner/testbed"
+)
+
+// startRunner spawns go-runner like APISIX, with a config file holding cfg
+// (the admin listener is off unless cfg says otherwise).
+func startRunner(t *testing.T, cfg string, opts testbed.RunnerOptions) *testbed.Runner {
+	t.Helper()
+	if cfg == "" {
+		cfg = "admin:\n  listen: \"off\"\n"
+	}
+	path := filepath.Join(t.TempDir(), "go-runner.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts.Path = runnerBin
+	opts.Args = []string{"run", "-c", path}
+	if opts.RespawnDelay == 0 {
+		opts.RespawnDelay = 300 * time.Millisecond
+	}
+	r, err := testbed.StartRunner(opts)
+	if err != nil {
+		t.Fatalf("start runner: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = r.Stop(ctx)
+		if t.Failed() {
+			t.Logf("runner output:\n%s", r.Output())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatalf("runner not ready: %v\n%s", err, r.Output())
+	}
+	return r
+}
+
+func newGateway(t *testing.T, r *testbed.Runner) *testbed.Gateway {
+	t.Helper()
+	g := testbed.NewGateway(r.SocketPath(), testbed.GatewayOptions{})
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+func emptyRoute(id string) *testbed.Route {
+	return &testbed.Route{ID: id, PreReq: []testbed.PluginConf{}}
+}
+
+func do(t *testing.T, g *testbed.Gateway, route *testbed.Route, req *testbed.Request) *testbed.Result {
+	t.Helper()
+	if req == nil {
+		req = &testbed.Request{Method: "GET", Path: "/"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := g.Do(ctx, route, req)
+	if err != nil {
+		t.Fatalf("do: %v", err)
+	}
+	return res
+}
+
+func TestEmptyChainProxies(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	g := newGateway(t, r)
+	res := do(t, g, emptyRoute("1"), nil)
+	if res.Status != 200 || !res.UpstreamCalled {
+		t.Fatalf("got status %d upstream called %v (%v), want 200 and true", res.Status, res.UpstreamCalled, res.Err)
+	}
+}
+
+func TestUnknownPluginIsSkipped(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	g := newGateway(t, r)
+	route := &testbed.Route{ID: "1", PreReq: []testbed.PluginConf{{Name: "no-such-plugin", Value: `{}`}}}
+	res := do(t, g, route, nil)
+	if res.Status != 200 || !res.UpstreamCalled {
+		t.Fatalf("got status %d upstream called %v, want 200 and true (APISIX semantics: skipped)", res.Status, res.UpstreamCalled)
+	}
+}
+
+// TestReloadKeepsSocket reproduces `apisix reload` (APISIX issue 11347): a
+// new runner starts on the same socket path, then the old one gets SIGTERM.
+// The reference framework deletes the new runner's socket on its way out; we
+// must not.
+func TestReloadKeepsSocket(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	g := newGateway(t, r)
+	if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
+		t.Fatalf("before reload: got %d, want 200", res.Status)
+	}
+	oldPID := r.PID()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Reload(ctx); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	// Wait for the old process to be gone, then check the socket survived.
+	deadline := time.Now().Add(5 * time.Second)
+	for processAlive(oldPID) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if processAlive(oldPID) {
+		t.Fatalf("old runner %d still alive", oldPID)
+	}
+	if _, err := os.Stat(r.SocketPath()); err != nil {
+		t.Fatalf("socket after reload: %v, want it to exist", err)
+	}
+	g.FlushTokens()
+	for i := 0; i < 5; i++ {
+		if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
+			t.Fatalf("after reload, request %d: got %d (%v), want 200", i, res.Status, res.Err)
+		}
+	}
+}
+
+func processAlive(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// A zombie (state Z) has exited.
+	fields := strings.Fields(string(data))
+	return len(fields) > 2 && fields[2] != "Z"
+}
+
+func TestKillAndRespawn(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	g := newGateway(t, r)
+	r.OnExit(func(testbed.ExitInfo) { g.FlushTokens() }) // APISIX flushes tokens when the runner exits
+	if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
+		t.Fatalf("before kill: got %d, want 200", res.Status)
+	}
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if res := do(t, g, emptyRoute("1"), nil); res.Status != 503 {
+		t.Fatalf("during the respawn gap: got %d, want 503 (APISIX without allow_degradation)", res.Status)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Restarts() < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatalf("respawned runner not ready: %v", err)
+	}
+	if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
+		t.Fatalf("after respawn: got %d (%v), want 200", res.Status, res.Err)
+	}
+}
+
+func TestConfTokenExpiry(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{ConfExpireTime: 1}) // framework TTL: 1 s
+	g := newGateway(t, r)
+	if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
+		t.Fatalf("first: got %d, want 200", res.Status)
+	}
+	time.Sleep(1500 * time.Millisecond) // real expiry in the runner; the gateway still holds the token
+	res := do(t, g, emptyRoute("1"), nil)
+	if res.Status != 200 || res.TokenRetries < 1 {
+		t.Fatalf("after expiry: got status %d with %d token retries, want 200 after >= 1 retry", res.Status, res.TokenRetries)
+	}
+}
+
+// TestColdStartTwoConnectionsPerRequest: APISIX sends PrepareConf on a second
+// connection while the request's own connection waits; a runner serving
+// connections one at a time would deadlock.
+func TestColdStartTwoConnectionsPerRequest(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	g := newGateway(t, r)
+	const c = 8
+	var wg sync.WaitGroup
+	statuses := make([]int, c)
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			res, err := g.Do(ctx, emptyRoute("cold"), &testbed.Request{Method: "GET", Path: "/"})
+			if err == nil {
+				statuses[i] = res.Status
+			}
+		}(i)
+	}
+	wg.Wait()
+	for i, s := range statuses {
+		if s != 200 {
+			t.Errorf("request %d: got %d, want 200", i, s)
+		}
+	}
+	if st := g.Stats(); st.PeakOpenConns < c+1 {
+		t.Errorf("got peak %d open connections, want more than %d (a second connection for PrepareConf)", st.PeakOpenConns, c)
+	}
+}
+
+func TestConfigUnknownKeyIsAClearError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(path, []byte("log:\n  levle: warn\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(runnerBin, "run", "-c", path)
+	cmd.Env = []string{"APISIX_LISTEN_ADDRESS=unix:" + filepath.Join(t.TempDir(), "x.sock"), "APISIX_CONF_EXPIRE_TIME=3600"}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("got exit 0, want an error")
+	}
+	if !strings.Contains(string(out), "levle") || !strings.Contains(string(out), "unknown key") {
+		t.Fatalf("got output %q, want it to name the key \"levle\" and the rule", out)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad-route.json")
+	os.WriteFile(bad, []byte(`{"uri":"/x","plugins":{"ext-plugin-pre-req":{"conf":[{"name":"ratelimt","value":"{}"}]}}}`), 0o644)
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{"shipped config", []string{"validate", "-c", "../conf/config.yaml"}, 0, "ok"},
+		{"misspelled plugin", []string{"validate", bad}, 1, `unknown plugin "ratelimt"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := exec.Command(runnerBin, tt.args...).CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tt.wantCode || !strings.Contains(string(out), tt.wantOut) {
+				t.Fatalf("got exit %d output %q, want exit %d containing %q", code, out, tt.wantCode, tt.wantOut)
+			}
+		})
+	}
+}

@@ -1,0 +1,217 @@
+// Package config loads the runner's YAML config file (conf/config.yaml):
+// strict decoding (an unknown key is an error that names it), ${VAR}
+// expansion for secrets, Go duration strings, and defaults applied in one
+// place before validation.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/apisix-edge/edge-runner/internal/core"
+	"go.uber.org/zap/zapcore"
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultPath is where `go-runner run` looks for its config when -c is not
+// given: beside APISIX's own config in the official image.
+const DefaultPath = "/usr/local/apisix/conf/go-runner.yaml"
+
+// Config is the runner config.
+type Config struct {
+	// Log controls the runner's own log, which APISIX copies into its
+	// error.log.
+	Log Log `yaml:"log"`
+	// Admin is the loopback HTTP listener for /metrics, /healthz, /status.
+	Admin Admin `yaml:"admin"`
+	// ShutdownTimeout bounds a graceful shutdown on SIGTERM: in-flight calls
+	// finish, buffers flush, clients close. If zero, 3s (APISIX sends
+	// SIGKILL about 1 s after SIGTERM on reload, so keep it short).
+	ShutdownTimeout core.Duration `yaml:"shutdown_timeout"`
+}
+
+// Log is the log section.
+type Log struct {
+	// Level is debug, info, warn or error. If empty, warn: the runner's
+	// output lands in APISIX's error.log.
+	Level string `yaml:"level"`
+	// SummaryInterval is how often repeated failures are summarized into
+	// one line. If zero, 1m.
+	SummaryInterval core.Duration `yaml:"summary_interval"`
+}
+
+// Admin is the admin listener section.
+type Admin struct {
+	// Listen is the host:port of the admin listener. If empty,
+	// 127.0.0.1:9542. "off" disables it. Keep it on loopback: /status shows
+	// backend errors.
+	Listen string `yaml:"listen"`
+}
+
+// ZapLevel returns the parsed log level.
+func (l Log) ZapLevel() zapcore.Level {
+	lvl, err := zapcore.ParseLevel(l.Level)
+	if err != nil {
+		return zapcore.WarnLevel
+	}
+	return lvl
+}
+
+// Default returns the config used when no file exists: every default.
+func Default() *Config {
+	c := &Config{}
+	c.applyDefaults()
+	return c
+}
+
+func (c *Config) applyDefaults() {
+	if c.Log.Level == "" {
+		c.Log.Level = "warn"
+	}
+	if c.Log.SummaryInterval == 0 {
+		c.Log.SummaryInterval = core.Duration(time.Minute)
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = "127.0.0.1:9542"
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = core.Duration(3 * time.Second)
+	}
+}
+
+// Validate checks every field and returns all problems, each naming its
+// field and rule.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
+		errs = append(errs, core.Fieldf("log.level", "must be one of debug, info, warn, error, got %q", c.Log.Level))
+	}
+	if c.Log.SummaryInterval < 0 {
+		errs = append(errs, core.Fieldf("log.summary_interval", "must be > 0"))
+	}
+	if c.Admin.Listen != "off" {
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			errs = append(errs, core.Fieldf("admin.listen", "must be host:port or \"off\", got %q", c.Admin.Listen))
+		}
+	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, core.Fieldf("shutdown_timeout", "must be > 0"))
+	}
+	return errors.Join(errs...)
+}
+
+// Load reads, expands, decodes, defaults and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	c, err := Parse(data, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a config document. lookup resolves ${VAR} references.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &core.FieldError{Rule: "invalid YAML: " + err.Error()}
+	}
+	c := &Config{}
+	if len(root.Content) > 0 {
+		if err := expand(&root, "", lookup); err != nil {
+			return nil, err
+		}
+		out, err := yaml.Marshal(&root)
+		if err != nil {
+			return nil, fmt.Errorf("parse config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(out))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil {
+			return nil, yamlError(err)
+		}
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var varRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// expand replaces ${VAR} and ${VAR:-default} in scalar values. An unset
+// variable without a default is an error naming the variable and the key.
+func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) error {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := path
+			if n.Kind == yaml.SequenceNode {
+				p = fmt.Sprintf("%s[%d]", path, i)
+			}
+			if err := expand(c, p, lookup); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			if err := expand(n.Content[i+1], p, lookup); err != nil {
+				return err
+			}
+		}
+	case yaml.ScalarNode:
+		var missing []string
+		v := varRef.ReplaceAllStringFunc(n.Value, func(m string) string {
+			sub := varRef.FindStringSubmatch(m)
+			if val, ok := lookup(sub[1]); ok {
+				return val
+			}
+			if sub[2] != "" {
+				return sub[3]
+			}
+			missing = append(missing, sub[1])
+			return ""
+		})
+		if len(missing) > 0 {
+			return core.Fieldf(path, "environment variable %s is not set (APISIX passes only variables listed under nginx_config.envs; use ${%s:-default} for an optional one)", missing[0], missing[0])
+		}
+		if v != n.Value {
+			n.Value = v
+			n.Tag = "!!str"
+			n.Style = yaml.DoubleQuotedStyle
+		}
+	}
+	return nil
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
+
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		var errs []error
+		for _, m := range te.Errors {
+			if sub := unknownField.FindStringSubmatch(m); sub != nil {
+				errs = append(errs, core.Fieldf(sub[2], "unknown key (line %s)", sub[1]))
+				continue
+			}
+			errs = append(errs, &core.FieldError{Rule: strings.TrimPrefix(m, "yaml: ")})
+		}
+		return errors.Join(errs...)
+	}
+	return &core.FieldError{Rule: err.Error()}
+}

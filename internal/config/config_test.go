@@ -1,0 +1,77 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		doc     string
+		env     map[string]string
+		wantErr string // substring; empty means success
+		check   func(*Config) string
+	}{
+		{name: "empty document gets defaults", doc: "", check: func(c *Config) string {
+			if c.Log.Level != "warn" || c.Admin.Listen != "127.0.0.1:9542" || c.ShutdownTimeout.D() != 3*time.Second {
+				return "defaults not applied"
+			}
+			return ""
+		}},
+		{name: "unknown key is named", doc: "log:\n  levle: warn\n", wantErr: "levle: unknown key"},
+		{name: "unknown top-level key", doc: "redis_typo: {}\n", wantErr: "redis_typo: unknown key"},
+		{name: "bad duration", doc: "shutdown_timeout: 5\n", wantErr: "duration"},
+		{name: "bad level", doc: "log:\n  level: loud\n", wantErr: "log.level: must be one of"},
+		{name: "bad admin", doc: "admin:\n  listen: nope\n", wantErr: "admin.listen: must be host:port"},
+		{name: "env expansion", doc: "admin:\n  listen: ${ADDR}\n", env: map[string]string{"ADDR": "127.0.0.1:1"}, check: func(c *Config) string {
+			if c.Admin.Listen != "127.0.0.1:1" {
+				return "got " + c.Admin.Listen
+			}
+			return ""
+		}},
+		{name: "env default", doc: "log:\n  level: ${LVL:-error}\n", check: func(c *Config) string {
+			if c.Log.Level != "error" {
+				return "got " + c.Log.Level
+			}
+			return ""
+		}},
+		{name: "unset env is an error naming it", doc: "admin:\n  listen: ${NOPE}\n", wantErr: "admin.listen: environment variable NOPE is not set"},
+		{name: "expanded value with YAML specials stays a string", doc: "log:\n  level: ${LVL}\n", env: map[string]string{"LVL": "# not a comment"}, wantErr: "log.level: must be one of"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.doc), env(tt.env))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("got error %v, want none", err)
+			}
+			if tt.check != nil {
+				if msg := tt.check(c); msg != "" {
+					t.Fatal(msg)
+				}
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("log:\n  level: warn\n"))
+	f.Add([]byte("admin: {listen: ${X:-a:1}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, env(nil))
+		if err == nil && c.Validate() != nil {
+			t.Fatalf("Parse accepted a config that fails Validate")
+		}
+	})
+}

@@ -1,0 +1,233 @@
+// Package server runs the plugin runner: it hands the framework a private
+// socket and claims APISIX's path (see socket.go), serves the admin listener,
+// starts the plugins without waiting for their backing services, and shuts
+// down gracefully on SIGTERM.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
+	"github.com/apache/apisix-go-plugin-runner/pkg/runner"
+	"github.com/apisix-edge/edge-runner/internal/config"
+	"github.com/apisix-edge/edge-runner/internal/core"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Options configure Run.
+type Options struct {
+	Config  *config.Config
+	Version string
+	// Modules are the plugins to register, built by the caller with the
+	// Deps that Run passes to Build.
+	Build func(core.Deps) ([]core.Module, error)
+	// Output receives the runner's logs. If nil, stderr.
+	Output zapcore.WriteSyncer
+}
+
+// Run serves until SIGTERM or SIGINT, then shuts down within the configured
+// timeout. It returns the error that stopped it, if any.
+func Run(opts Options) error {
+	cfg := opts.Config
+	out := opts.Output
+	if out == nil {
+		out = zapcore.Lock(os.Stderr)
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig()), out, cfg.Log.ZapLevel()))
+	defer func() { _ = log.Sync() }()
+
+	addr := os.Getenv("APISIX_LISTEN_ADDRESS")
+	public, ok := strings.CutPrefix(addr, "unix:")
+	if !ok || public == "" {
+		return fmt.Errorf("run: APISIX_LISTEN_ADDRESS must be unix:<path>, got %q (APISIX sets it when it spawns the runner)", addr)
+	}
+	if os.Getenv("APISIX_CONF_EXPIRE_TIME") == "" {
+		os.Setenv("APISIX_CONF_EXPIRE_TIME", "3600")
+	}
+
+	reg := core.NewRegistry()
+	throttle := core.NewLogThrottle(log, cfg.Log.SummaryInterval.D())
+	stateGauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: core.Namespace, Name: "backend_state",
+		Help: "1 for the current state of each backing service (ok, degraded, down, unknown).",
+	}, []string{"backend", "state"})
+	reg.MustRegister(stateGauge)
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: core.Namespace, Name: "runner_info", Help: "Always 1; the runner's version.",
+	}, []string{"version"})
+	info.WithLabelValues(opts.Version).Set(1)
+	reg.MustRegister(info)
+	status := core.NewStatus(opts.Version, func(name string, from, to core.State, err error) {
+		for _, s := range []core.State{core.StateUnknown, core.StateOK, core.StateDegraded, core.StateDown} {
+			v := 0.0
+			if s == to {
+				v = 1
+			}
+			stateGauge.WithLabelValues(name, string(s)).Set(v)
+		}
+		fields := []zap.Field{zap.String("backend", name), zap.String("from", string(from)), zap.String("to", string(to))}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		if to == core.StateOK || to == core.StateUnknown {
+			log.Warn("backend recovered", fields...)
+		} else {
+			log.Error("backend state changed", fields...)
+		}
+	})
+	inflight := &core.Inflight{}
+	guards := core.NewGuardMetrics(reg, throttle, inflight)
+	deps := core.Deps{Log: log, Throttle: throttle, Metrics: reg, Status: status}
+
+	var modules []core.Module
+	if opts.Build != nil {
+		var err error
+		if modules, err = opts.Build(deps); err != nil {
+			return fmt.Errorf("run: build plugins: %w", err)
+		}
+	}
+	for _, m := range modules {
+		if err := plugin.RegisterPlugin(guards.Guard(m)); err != nil {
+			return fmt.Errorf("run: register plugin %s: %w", m.Name(), err)
+		}
+	}
+
+	// The framework listens on a private path; we claim APISIX's path.
+	syscall.Umask(0o022) // so the pre-chmod socket mode can never be 0766
+	private := privatePath(public, os.Getpid())
+	os.Setenv("APISIX_LISTEN_ADDRESS", "unix:"+private)
+	frameworkDone := make(chan struct{})
+	go func() {
+		defer close(frameworkDone)
+		// Blocks until SIGINT/SIGTERM; the framework handles the signal.
+		runner.Run(runner.RunnerConfig{LogLevel: cfg.Log.ZapLevel(), LogOutput: out})
+	}()
+	owned, err := claimSocket(private, public, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	log.Warn("runner listening", zap.String("socket", public), zap.String("version", opts.Version), zap.Int("plugins", len(modules)))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, m := range modules {
+		m.Start(ctx) // must not block: backing services are dialed in the background
+	}
+	admin := startAdmin(ctx, cfg.Admin.Listen, reg, status, log)
+	go func() {
+		t := time.NewTicker(cfg.Log.SummaryInterval.D())
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				throttle.Flush()
+			}
+		}
+	}()
+
+	<-frameworkDone
+	log.Warn("runner shutting down")
+	sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
+	defer scancel()
+	if removed, err := owned.release(); err != nil {
+		log.Error("release socket", zap.Error(err))
+	} else if !removed {
+		log.Warn("socket path now belongs to a newer runner: left in place", zap.String("socket", public))
+	}
+	if err := inflight.Wait(sctx); err != nil {
+		log.Error("shutdown", zap.Error(err))
+	}
+	var wg sync.WaitGroup
+	for _, m := range modules {
+		wg.Add(1)
+		go func(m core.Module) {
+			defer wg.Done()
+			if err := m.Shutdown(sctx); err != nil {
+				log.Error("shutdown plugin", zap.String("plugin", m.Name()), zap.Error(err))
+			}
+		}(m)
+	}
+	wg.Wait()
+	cancel()
+	admin.stop()
+	throttle.Flush()
+	return nil
+}
+
+type adminServer struct {
+	srv  *http.Server
+	done chan struct{}
+}
+
+func (a *adminServer) stop() {
+	if a == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_ = a.srv.Shutdown(ctx)
+}
+
+// AdminHandler serves /metrics, /healthz and /status.
+func AdminHandler(reg *prometheus.Registry, status *core.Status) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(status.Snapshot()) // 200 also when degraded: the runner serves
+	})
+	return mux
+}
+
+// startAdmin binds the admin listener in the background. During `apisix
+// reload` the old runner still holds the port for a moment, so binding is
+// retried until it succeeds or ctx ends; the socket never waits for it.
+func startAdmin(ctx context.Context, addr string, reg *prometheus.Registry, status *core.Status, log *zap.Logger) *adminServer {
+	if addr == "off" {
+		return nil
+	}
+	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status), ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
+	go func() {
+		logged := false
+		for {
+			ln, err := net.Listen("tcp", addr)
+			if err == nil {
+				log.Info("admin listening", zap.String("addr", addr))
+				if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					log.Error("admin listener", zap.Error(err))
+				}
+				return
+			}
+			if !logged {
+				log.Warn("admin listener: bind failed, retrying", zap.String("addr", addr), zap.Error(err))
+				logged = true
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	return a
+}
