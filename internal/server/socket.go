@@ -22,8 +22,8 @@ import (
 // ownedSocket is APISIX's socket path while we hold it.
 type ownedSocket struct {
 	public string
-	dev     uint64
-	ino     uint64
+	dev    uint64
+	ino    uint64
 }
 
 // privatePath returns the path the framework listens on before the rename.

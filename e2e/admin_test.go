@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/apisix-edge/edge-runner/testbed"
+	"github.com/apisix-edge/edge-runner/testbed/backing"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	var lastErr error
+	for i := 0; i < 100; i++ { // the admin listener binds in the background
+		resp, err := http.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(body)
+		}
+		lastErr = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("get %s: %v", url, lastErr)
+	return 0, ""
+}
+
+func TestAdminListener(t *testing.T) {
+	port, err := backing.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	startRunner(t, fmt.Sprintf("admin:\n  listen: 127.0.0.1:%d\n", port), testbed.RunnerOptions{})
+
+	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: got %d %q, want 200 \"ok\\n\"", code, body)
+	}
+	code, body := get(t, base+"/metrics")
+	for _, want := range []string{"apisix_edge_runner_info", "apisix_edge_process_start_time_seconds"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("/metrics: got %d, want 200 with %s", code, want)
+		}
+	}
+	code, body = get(t, base+"/status")
+	var st struct {
+		Status   string         `json:"status"`
+		Backends map[string]any `json:"backends"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil || code != 200 || st.Status != "ok" {
+		t.Errorf("/status: got %d %q (%v), want 200 with status ok", code, body, err)
+	}
+}
+
+// TestSIGTERMShutsDownCleanly: the runner exits by itself within its
+// shutdown timeout and removes the socket it still owns.
+func TestSIGTERMShutsDownCleanly(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{NoRespawn: true})
+	g := newGateway(t, r)
+	if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
+		t.Fatalf("got %d, want 200", res.Status)
+	}
+	exited := make(chan testbed.ExitInfo, 1)
+	r.OnExit(func(e testbed.ExitInfo) { exited <- e })
+	if err := r.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case e := <-exited:
+		if e.State == nil || e.State.ExitCode() != 0 {
+			t.Errorf("got exit %v, want a clean exit 0", e.State)
+		}
+	case <-ctx.Done():
+		t.Fatal("runner did not exit after SIGTERM")
+	}
+	if _, err := os.Stat(r.SocketPath()); !os.IsNotExist(err) {
+		t.Errorf("got socket stat error %v, want the socket removed", err)
+	}
+}
