@@ -5,32 +5,26 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/apisix-edge/edge-runner/testbed"
 )
 
 // runnerBin is the go-runner binary built once for the package's tests.
 var runnerBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "e2e-bin-")
+	var args []string
+	if os.Getenv("E2E_RACE") != "" {
+		args = append(args, "-race")
+	}
+	bin, cleanup, err := testbed.BuildBinary("github.com/apisix-edge/edge-runner/cmd/go-runner", args...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	runnerBin = filepath.Join(dir, "go-runner")
-	args := []string{"build", "-o", runnerBin}
-	if os.Getenv("E2E_RACE") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, "../cmd/go-runner")...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build go-runner:", err)
-		os.Exit(1)
-	}
+	runnerBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }

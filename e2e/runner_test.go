@@ -27,27 +27,7 @@ func startRunner(t *testing.T, cfg string, opts testbed.RunnerOptions) *testbed.
 	}
 	opts.Path = runnerBin
 	opts.Args = []string{"run", "-c", path}
-	if opts.RespawnDelay == 0 {
-		opts.RespawnDelay = 300 * time.Millisecond
-	}
-	r, err := testbed.StartRunner(opts)
-	if err != nil {
-		t.Fatalf("start runner: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = r.Stop(ctx)
-		if t.Failed() {
-			t.Logf("runner output:\n%s", r.Output())
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatalf("runner not ready: %v\n%s", err, r.Output())
-	}
-	return r
+	return testbed.MustStartRunner(t, opts)
 }
 
 func newGateway(t *testing.T, r *testbed.Runner) *testbed.Gateway {
@@ -194,7 +174,7 @@ func TestColdStartTwoConnectionsPerRequest(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			res, err := g.Do(ctx, emptyRoute("cold"), &testbed.Request{Method: "GET", Path: "/"})
+			res, err := g.Do(ctx, emptyRoute("cold-"+strconv.Itoa(i)), &testbed.Request{Method: "GET", Path: "/"})
 			if err == nil {
 				statuses[i] = res.Status
 			}
@@ -206,9 +186,17 @@ func TestColdStartTwoConnectionsPerRequest(t *testing.T) {
 			t.Errorf("request %d: got %d, want 200", i, s)
 		}
 	}
-	if st := g.Stats(); st.PeakOpenConns < c+1 {
-		t.Errorf("got peak %d open connections, want more than %d (a second connection for PrepareConf)", st.PeakOpenConns, c)
+	// Each cold request holds its own connection while its PrepareConf goes
+	// over a second one, so at least two are open at once whatever the
+	// scheduling; how many more overlap depends on timing, so it is logged.
+	st := g.Stats()
+	if st.Prepares != c {
+		t.Errorf("got %d prepares, want %d (one per cold route)", st.Prepares, c)
 	}
+	if st.PeakOpenConns < 2 {
+		t.Errorf("got peak %d open connections, want >= 2 (PrepareConf on a second connection)", st.PeakOpenConns)
+	}
+	t.Logf("peak open connections: %d for %d cold requests", st.PeakOpenConns, c)
 }
 
 func TestConfigUnknownKeyIsAClearError(t *testing.T) {

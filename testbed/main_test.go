@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -17,29 +14,15 @@ import (
 var fixtureBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tbfx")
+	bin, cleanup, err := testbed.BuildBinary("github.com/apisix-edge/edge-runner/testbed/internal/fixturerunner")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "mkdir:", err)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fixtureBin = filepath.Join(dir, "fixturerunner")
-	cmd := exec.Command(goTool(), "build", "-o", fixtureBin,
-		"github.com/apisix-edge/edge-runner/testbed/internal/fixturerunner")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build fixture runner: %v\n%s", err, out)
-		_ = os.RemoveAll(dir)
-		os.Exit(1)
-	}
+	fixtureBin = bin
 	code := m.Run()
-	_ = os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
-}
-
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
 
 // startFixture starts the fixture runner and waits for its socket. The
@@ -47,32 +30,12 @@ func goTool() string {
 func startFixture(t *testing.T, opts testbed.RunnerOptions) *testbed.Runner {
 	t.Helper()
 	opts.Path = fixtureBin
-	if opts.RespawnDelay == 0 {
-		opts.RespawnDelay = 300 * time.Millisecond
-	}
-	r, err := testbed.StartRunner(opts)
-	if err != nil {
-		t.Fatalf("StartRunner: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = r.Stop(ctx)
-		if t.Failed() {
-			t.Logf("runner output:\n%s", r.Output())
-		}
-	})
-	waitReady(t, r)
-	return r
+	return testbed.MustStartRunner(t, opts)
 }
 
 func waitReady(t *testing.T, r *testbed.Runner) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatalf("WaitReady: %v\noutput:\n%s", err, r.Output())
-	}
+	testbed.MustWaitReady(t, r)
 }
 
 func newGateway(t *testing.T, r *testbed.Runner, opts testbed.GatewayOptions) *testbed.Gateway {
