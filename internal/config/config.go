@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -127,17 +128,23 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	}
 	c := &Config{}
 	if len(root.Content) > 0 {
-		if err := expand(&root, "", lookup); err != nil {
+		changed, err := expand(&root, "", lookup)
+		if err != nil {
 			return nil, err
 		}
-		out, err := yaml.Marshal(&root)
-		if err != nil {
-			return nil, fmt.Errorf("parse config: %w", err)
+		// yaml.v3 offers strict decoding only on a Decoder, so an expanded
+		// tree is re-encoded first; unexpanded input is decoded as written,
+		// so that line numbers in errors are the file's own.
+		src := data
+		if changed {
+			if src, err = yaml.Marshal(&root); err != nil {
+				return nil, fmt.Errorf("parse config: %w", err)
+			}
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(out))
+		dec := yaml.NewDecoder(bytes.NewReader(src))
 		dec.KnownFields(true)
 		if err := dec.Decode(c); err != nil {
-			return nil, yamlError(err)
+			return nil, yamlError(err, src)
 		}
 	}
 	c.applyDefaults()
@@ -151,7 +158,9 @@ var varRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
 
 // expand replaces ${VAR} and ${VAR:-default} in scalar values. An unset
 // variable without a default is an error naming the variable and the key.
-func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) error {
+// It reports whether it changed anything.
+func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) (bool, error) {
+	changed := false
 	switch n.Kind {
 	case yaml.DocumentNode, yaml.SequenceNode:
 		for i, c := range n.Content {
@@ -159,9 +168,11 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) error
 			if n.Kind == yaml.SequenceNode {
 				p = fmt.Sprintf("%s[%d]", path, i)
 			}
-			if err := expand(c, p, lookup); err != nil {
-				return err
+			ch, err := expand(c, p, lookup)
+			if err != nil {
+				return false, err
 			}
+			changed = changed || ch
 		}
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -169,9 +180,11 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) error
 			if path != "" {
 				p = path + "." + p
 			}
-			if err := expand(n.Content[i+1], p, lookup); err != nil {
-				return err
+			ch, err := expand(n.Content[i+1], p, lookup)
+			if err != nil {
+				return false, err
 			}
+			changed = changed || ch
 		}
 	case yaml.ScalarNode:
 		var missing []string
@@ -187,26 +200,37 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) error
 			return ""
 		})
 		if len(missing) > 0 {
-			return core.Fieldf(path, "environment variable %s is not set (APISIX passes only variables listed under nginx_config.envs; use ${%s:-default} for an optional one)", missing[0], missing[0])
+			return false, core.Fieldf(path, "environment variable %s is not set (APISIX passes only variables listed under nginx_config.envs; use ${%s:-default} for an optional one)", missing[0], missing[0])
 		}
 		if v != n.Value {
 			n.Value = v
 			n.Tag = "!!str"
 			n.Style = yaml.DoubleQuotedStyle
+			changed = true
 		}
 	}
-	return nil
+	return changed, nil
 }
 
 var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
 
-func yamlError(err error) error {
+// yamlError turns yaml.v3's decode errors into field errors. yaml.v3 names
+// only the unknown key, so its full path is found in src's node tree by key
+// and line.
+func yamlError(err error, src []byte) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
+		var root yaml.Node
+		_ = yaml.Unmarshal(src, &root)
 		var errs []error
 		for _, m := range te.Errors {
 			if sub := unknownField.FindStringSubmatch(m); sub != nil {
-				errs = append(errs, core.Fieldf(sub[2], "unknown key (line %s)", sub[1]))
+				line, _ := strconv.Atoi(sub[1])
+				field := keyPath(&root, "", sub[2], line)
+				if field == "" {
+					field = sub[2]
+				}
+				errs = append(errs, core.Fieldf(field, "unknown key (line %s)", sub[1]))
 				continue
 			}
 			errs = append(errs, &core.FieldError{Rule: strings.TrimPrefix(m, "yaml: ")})
@@ -214,4 +238,35 @@ func yamlError(err error) error {
 		return errors.Join(errs...)
 	}
 	return &core.FieldError{Rule: err.Error()}
+}
+
+// keyPath returns the dotted path of the mapping key named name at line.
+func keyPath(n *yaml.Node, path, name string, line int) string {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := path
+			if n.Kind == yaml.SequenceNode {
+				p = fmt.Sprintf("%s[%d]", path, i)
+			}
+			if found := keyPath(c, p, name, line); found != "" {
+				return found
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			p := k.Value
+			if path != "" {
+				p = path + "." + p
+			}
+			if k.Value == name && k.Line == line {
+				return p
+			}
+			if found := keyPath(n.Content[i+1], p, name, line); found != "" {
+				return found
+			}
+		}
+	}
+	return ""
 }

@@ -25,6 +25,7 @@ func TestParse(t *testing.T) {
 			return ""
 		}},
 		{name: "unknown key is named", doc: "log:\n  levle: warn\n", wantErr: "levle: unknown key"},
+		{name: "unknown key gives the file's line", doc: "# comment\n\nlog:\n  level: warn\n  levle: warn\n", wantErr: "log.levle: unknown key (line 5)"},
 		{name: "unknown top-level key", doc: "redis_typo: {}\n", wantErr: "redis_typo: unknown key"},
 		{name: "bad duration", doc: "shutdown_timeout: 5\n", wantErr: "duration"},
 		{name: "bad level", doc: "log:\n  level: loud\n", wantErr: "log.level: must be one of"},
