@@ -128,7 +128,7 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	}
 	c := &Config{}
 	if len(root.Content) > 0 {
-		changed, err := expand(&root, "", lookup)
+		changed, err := expand(&root, lookup)
 		if err != nil {
 			return nil, err
 		}
@@ -156,11 +156,13 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 
 var varRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
 
-// expand replaces ${VAR} and ${VAR:-default} in scalar values. An unset
-// variable without a default is an error naming the variable and the key.
-// It reports whether it changed anything.
-func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) (bool, error) {
-	changed := false
+// walk visits every node below n with its dotted path (sequence items as
+// path[i]) and, for mapping values, the key node. It stops at the first
+// visit that returns stop or an error.
+func walk(n *yaml.Node, path string, key *yaml.Node, visit func(n, key *yaml.Node, path string) (stop bool, err error)) (bool, error) {
+	if stop, err := visit(n, key, path); stop || err != nil {
+		return stop, err
+	}
 	switch n.Kind {
 	case yaml.DocumentNode, yaml.SequenceNode:
 		for i, c := range n.Content {
@@ -168,25 +170,34 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) (bool
 			if n.Kind == yaml.SequenceNode {
 				p = fmt.Sprintf("%s[%d]", path, i)
 			}
-			ch, err := expand(c, p, lookup)
-			if err != nil {
-				return false, err
+			if stop, err := walk(c, p, nil, visit); stop || err != nil {
+				return stop, err
 			}
-			changed = changed || ch
 		}
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			p := n.Content[i].Value
+			k := n.Content[i]
+			p := k.Value
 			if path != "" {
 				p = path + "." + p
 			}
-			ch, err := expand(n.Content[i+1], p, lookup)
-			if err != nil {
-				return false, err
+			if stop, err := walk(n.Content[i+1], p, k, visit); stop || err != nil {
+				return stop, err
 			}
-			changed = changed || ch
 		}
-	case yaml.ScalarNode:
+	}
+	return false, nil
+}
+
+// expand replaces ${VAR} and ${VAR:-default} in scalar values. An unset
+// variable without a default is an error naming the variable and the key.
+// It reports whether it changed anything.
+func expand(root *yaml.Node, lookup func(string) (string, bool)) (bool, error) {
+	changed := false
+	_, err := walk(root, "", nil, func(n, _ *yaml.Node, path string) (bool, error) {
+		if n.Kind != yaml.ScalarNode {
+			return false, nil
+		}
 		var missing []string
 		v := varRef.ReplaceAllStringFunc(n.Value, func(m string) string {
 			sub := varRef.FindStringSubmatch(m)
@@ -208,8 +219,9 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool)) (bool
 			n.Style = yaml.DoubleQuotedStyle
 			changed = true
 		}
-	}
-	return changed, nil
+		return false, nil
+	})
+	return changed, err
 }
 
 var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
@@ -226,7 +238,7 @@ func yamlError(err error, src []byte) error {
 		for _, m := range te.Errors {
 			if sub := unknownField.FindStringSubmatch(m); sub != nil {
 				line, _ := strconv.Atoi(sub[1])
-				field := keyPath(&root, "", sub[2], line)
+				field := keyPath(&root, sub[2], line)
 				if field == "" {
 					field = sub[2]
 				}
@@ -241,32 +253,14 @@ func yamlError(err error, src []byte) error {
 }
 
 // keyPath returns the dotted path of the mapping key named name at line.
-func keyPath(n *yaml.Node, path, name string, line int) string {
-	switch n.Kind {
-	case yaml.DocumentNode, yaml.SequenceNode:
-		for i, c := range n.Content {
-			p := path
-			if n.Kind == yaml.SequenceNode {
-				p = fmt.Sprintf("%s[%d]", path, i)
-			}
-			if found := keyPath(c, p, name, line); found != "" {
-				return found
-			}
+func keyPath(root *yaml.Node, name string, line int) string {
+	found := ""
+	_, _ = walk(root, "", nil, func(_, key *yaml.Node, path string) (bool, error) {
+		if key != nil && key.Value == name && key.Line == line {
+			found = path
+			return true, nil
 		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k := n.Content[i]
-			p := k.Value
-			if path != "" {
-				p = path + "." + p
-			}
-			if k.Value == name && k.Line == line {
-				return p
-			}
-			if found := keyPath(n.Content[i+1], p, name, line); found != "" {
-				return found
-			}
-		}
-	}
-	return ""
+		return false, nil
+	})
+	return found
 }
