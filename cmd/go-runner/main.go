@@ -96,11 +96,14 @@ func buildModules(cfg *config.Config) func(core.Deps) ([]core.Module, error) {
 	}
 }
 
+// printProblems prints one line per problem of err, whose outer layer (the
+// operation and the file name) is replaced by prefix.
 func printProblems(w io.Writer, prefix string, err error) {
-	for _, p := range core.Problems(errors.Unwrap(err)) {
-		fmt.Fprintf(w, "%s: %s\n", prefix, p)
+	inner := errors.Unwrap(err)
+	if inner == nil {
+		inner = err
 	}
-	if errors.Unwrap(err) == nil {
-		fmt.Fprintf(w, "%s: %v\n", prefix, err)
+	for _, p := range core.Problems(inner) {
+		fmt.Fprintf(w, "%s: %s\n", prefix, p)
 	}
 }

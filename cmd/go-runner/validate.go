@@ -90,8 +90,7 @@ func validateDoc(data []byte, parsers map[string]func([]byte) error) []string {
 		}
 		found++
 		var pc struct {
-			Conf             json.RawMessage `json:"conf"`
-			AllowDegradation *bool           `json:"allow_degradation"`
+			Conf json.RawMessage `json:"conf"`
 		}
 		if err := json.Unmarshal(raw, &pc); err != nil {
 			problems = append(problems, fmt.Sprintf("plugins.%s: must be an object: %v", phase, err))

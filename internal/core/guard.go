@@ -219,10 +219,16 @@ func (p *guarded) invalid(_ *InvalidConf, w http.ResponseWriter) {
 	pol := p.m.FailPolicy()
 	p.g.invalidHits.WithLabelValues(p.name, pol.String()).Inc()
 	if pol == FailClosed {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusInternalServerError)
-		_, _ = w.Write([]byte(InvalidConfBody))
+		answer500(w, InvalidConfBody)
 	}
+}
+
+// answer500 is the FailClosed answer: a Stop with 500 and a JSON body that
+// says nothing about the plugin's internals.
+func answer500(w http.ResponseWriter, body string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusInternalServerError)
+	_, _ = w.Write([]byte(body))
 }
 
 func (p *guarded) recovered(phase string, rec any) {
@@ -243,8 +249,6 @@ func (p *guarded) afterPanic(conf any, w http.ResponseWriter, r pkgHTTP.Request)
 		return
 	}
 	if p.m.FailPolicy() == FailClosed {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusInternalServerError)
-		_, _ = w.Write([]byte(`{"error":"gateway plugin error"}`))
+		answer500(w, `{"error":"gateway plugin error"}`)
 	}
 }

@@ -170,8 +170,7 @@ func Run(opts Options) error {
 }
 
 type adminServer struct {
-	srv  *http.Server
-	done chan struct{}
+	srv *http.Server
 }
 
 func (a *adminServer) stop() {
@@ -206,7 +205,7 @@ func startAdmin(ctx context.Context, addr string, reg *prometheus.Registry, stat
 	if addr == "off" {
 		return nil
 	}
-	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status), ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
+	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status), ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		logged := false
 		for {
