@@ -11,6 +11,7 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/go-runner ./cmd/go-runner
 	$(GO) build -trimpath -o $(BIN)/edgebench ./cmd/edgebench
+	$(GO) build -trimpath -o $(BIN)/edgedemo ./cmd/edgedemo
 
 deps:
 	@scripts/deps.sh

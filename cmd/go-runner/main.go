@@ -92,7 +92,15 @@ func cmdRun(args []string, stderr io.Writer) int {
 // buildModules returns the constructor of every plugin this runner serves.
 func buildModules(cfg *config.Config) func(core.Deps) ([]core.Module, error) {
 	return func(deps core.Deps) ([]core.Module, error) {
-		return nil, nil
+		mods := make([]core.Module, 0, len(plugins))
+		for _, p := range plugins {
+			m, err := p.build(cfg, deps)
+			if err != nil {
+				return nil, fmt.Errorf("build plugin %s: %w", p.name, err)
+			}
+			mods = append(mods, m)
+		}
+		return mods, nil
 	}
 }
 

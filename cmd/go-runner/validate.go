@@ -16,9 +16,13 @@ import (
 var extPhases = []string{"ext-plugin-pre-req", "ext-plugin-post-req", "ext-plugin-post-resp"}
 
 // confParsers returns, for every plugin this runner serves, its strict conf
-// parser. It grows as plugins are added.
+// parser, bound to the runner config.
 func confParsers(cfg *config.Config) map[string]func([]byte) error {
-	return map[string]func([]byte) error{}
+	m := make(map[string]func([]byte) error, len(plugins))
+	for _, p := range plugins {
+		m[p.name] = func(conf []byte) error { return p.parse(cfg, conf) }
+	}
+	return m
 }
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {

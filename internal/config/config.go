@@ -35,6 +35,13 @@ type Config struct {
 	// finish, buffers flush, clients close. If zero, 3s (APISIX sends
 	// SIGKILL about 1 s after SIGTERM on reload, so keep it short).
 	ShutdownTimeout core.Duration `yaml:"shutdown_timeout"`
+	// Redis is the connection of the ratelimit plugin.
+	Redis Redis `yaml:"redis"`
+	// ClickHouse is the connection and batching of the clickhouselogger
+	// plugin.
+	ClickHouse ClickHouse `yaml:"clickhouse"`
+	// JWKS declares the key providers of the jwtcache plugin.
+	JWKS JWKS `yaml:"jwks"`
 }
 
 // Log is the log section.
@@ -84,6 +91,9 @@ func (c *Config) applyDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = core.Duration(3 * time.Second)
 	}
+	c.Redis.applyDefaults()
+	c.ClickHouse.applyDefaults()
+	c.JWKS.applyDefaults()
 }
 
 // Validate checks every field and returns all problems, each naming its
@@ -104,6 +114,9 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, core.Fieldf("shutdown_timeout", "must be > 0"))
 	}
+	errs = append(errs, c.Redis.validate()...)
+	errs = append(errs, c.ClickHouse.validate()...)
+	errs = append(errs, c.JWKS.validate()...)
 	return errors.Join(errs...)
 }
 
