@@ -31,9 +31,14 @@ run: build
 bench: build
 	$(BIN)/edgebench -spawn $(BIN)/go-runner -runner-config conf/config.yaml -c 1,8,64 -d 3s
 
+# staticcheck comes through the Go module proxy, pinned (its module version
+# v0.8.2 is release 2026.2.2, which knows Go 1.26).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 clean:
 	rm -rf $(BIN)

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -21,9 +20,10 @@ func BuildBinary(pkg string, buildArgs ...string) (path string, cleanup func(), 
 	}
 	cleanup = func() { _ = os.RemoveAll(dir) }
 	path = filepath.Join(dir, filepath.Base(pkg))
-	goBin, lerr := exec.LookPath("go")
-	if lerr != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		cleanup()
+		return "", nil, fmt.Errorf("build %s: the go command must be on PATH: %w", pkg, err)
 	}
 	args := append([]string{"build", "-o", path}, buildArgs...)
 	out, err := exec.Command(goBin, append(args, pkg)...).CombinedOutput()
