@@ -39,7 +39,13 @@ func TestAdminListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	startRunner(t, fmt.Sprintf("admin:\n  listen: 127.0.0.1:%d\n", port), testbed.RunnerOptions{})
+	// Redis is configured on a port where nothing listens: the runner
+	// serves, degraded, and /status still answers 200.
+	noRedis, err := backing.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRunner(t, fmt.Sprintf("admin:\n  listen: 127.0.0.1:%d\nredis:\n  addrs: [\"127.0.0.1:%d\"]\n", port, noRedis), testbed.RunnerOptions{})
 
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz: got %d %q, want 200 \"ok\\n\"", code, body)
@@ -50,13 +56,26 @@ func TestAdminListener(t *testing.T) {
 			t.Errorf("/metrics: got %d, want 200 with %s", code, want)
 		}
 	}
-	code, body = get(t, base+"/status")
 	var st struct {
-		Status   string         `json:"status"`
-		Backends map[string]any `json:"backends"`
+		Status   string `json:"status"`
+		Backends map[string]struct {
+			State     string `json:"state"`
+			LastError string `json:"last_error"`
+		} `json:"backends"`
 	}
-	if err := json.Unmarshal([]byte(body), &st); err != nil || code != 200 || st.Status != "ok" {
-		t.Errorf("/status: got %d %q (%v), want 200 with status ok", code, body, err)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body = get(t, base+"/status")
+		if err := json.Unmarshal([]byte(body), &st); err != nil || code != 200 {
+			t.Fatalf("/status: got %d %q (%v), want 200 with JSON", code, body, err)
+		}
+		if st.Backends["redis"].State == "down" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.Status != "degraded" || st.Backends["redis"].State != "down" || st.Backends["redis"].LastError == "" {
+		t.Errorf("/status: got %q, want 200, status degraded, redis down with its last error", body)
 	}
 }
 

@@ -1,0 +1,127 @@
+package jwtcache
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// reason is the fixed label set of apisix_edge_jwt_verifications_total.
+type reason string
+
+const (
+	reasonOK              reason = "ok"
+	reasonMissingToken    reason = "missing_token"
+	reasonMalformed       reason = "malformed"
+	reasonTooLarge        reason = "too_large"
+	reasonBadAlg          reason = "bad_alg"
+	reasonUnknownKID      reason = "unknown_kid"
+	reasonBadSignature    reason = "bad_signature"
+	reasonExpired         reason = "expired"
+	reasonNotYetValid     reason = "not_yet_valid"
+	reasonIssuedInFuture  reason = "issued_in_future"
+	reasonBadIssuer       reason = "bad_issuer"
+	reasonBadAudience     reason = "bad_audience"
+	reasonMissingClaim    reason = "missing_claim"
+	reasonKeysUnavailable reason = "keys_unavailable"
+)
+
+var allReasons = []reason{reasonOK, reasonMissingToken, reasonMalformed, reasonTooLarge, reasonBadAlg, reasonUnknownKID,
+	reasonBadSignature, reasonExpired, reasonNotYetValid, reasonIssuedInFuture, reasonBadIssuer, reasonBadAudience,
+	reasonMissingClaim, reasonKeysUnavailable}
+
+// extractToken finds the token where the route says, and checks its size
+// and shape (three base64url segments) before anything decodes it. The
+// empty reason means a token was found.
+func extractToken(src tokenSource, hdr http.Header, args func() url.Values, maxSize int) (string, reason) {
+	var raw string
+	switch src.kind {
+	case fromBearer:
+		v := hdr.Get("Authorization")
+		scheme, rest, ok := strings.Cut(strings.TrimLeft(v, " "), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			// No credentials, or another scheme (Basic): no bearer token.
+			return "", reasonMissingToken
+		}
+		raw = rest
+	case fromHeader:
+		raw = hdr.Get(src.name)
+		if len(raw) > 7 && strings.EqualFold(raw[:7], "Bearer ") {
+			raw = raw[7:]
+		}
+	case fromCookie:
+		raw = cookieValue(hdr.Values("Cookie"), src.name)
+	case fromQuery:
+		raw = args().Get(src.name)
+	}
+	if len(raw) > maxSize+16 {
+		return "", reasonTooLarge
+	}
+	tok := strings.Trim(raw, " \t")
+	if tok == "" {
+		return "", reasonMissingToken
+	}
+	if len(tok) > maxSize {
+		return "", reasonTooLarge
+	}
+	if !jwsShape(tok) {
+		return "", reasonMalformed
+	}
+	return tok, ""
+}
+
+// jwsShape reports whether s is header.payload.signature in base64url
+// without padding. The signature may be empty, so that an alg "none" token
+// is rejected as such (bad_alg) rather than as malformed.
+func jwsShape(s string) bool {
+	dots := 0
+	seg := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if b64url[c] {
+			seg++
+			continue
+		}
+		if c != '.' || (seg == 0 && dots < 2) {
+			return false // not base64url, or an empty header or payload
+		}
+		dots++
+		seg = 0
+	}
+	return dots == 2
+}
+
+// b64url marks the base64url alphabet (RFC 4648 section 5), no padding.
+var b64url = func() (t [256]bool) {
+	for _, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" {
+		t[c] = true
+	}
+	return t
+}()
+
+// cookieValue returns the first cookie named name in the Cookie header
+// lines. It parses leniently (other cookies may be malformed) and never
+// looks at more than a bounded amount of input.
+func cookieValue(lines []string, name string) string {
+	budget := 64 << 10
+	for _, line := range lines {
+		if len(line) > budget {
+			line = line[:budget]
+		}
+		budget -= len(line)
+		for part := range strings.SplitSeq(line, ";") {
+			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+			if !ok || k != name {
+				continue
+			}
+			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			return v
+		}
+		if budget <= 0 {
+			break
+		}
+	}
+	return ""
+}

@@ -1,0 +1,302 @@
+package jwtcache
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+	"unsafe"
+
+	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// cacheEntry is a token whose signature was verified. Claims are checked
+// again on every hit, against the route's conf and the current time.
+type cacheEntry struct {
+	provID uint64
+	kid    string
+	keyFP  [32]byte // the key that verified it (for no-kid tokens: the set)
+	alg    string
+	exp    time.Time
+	claims *verifiedClaims
+}
+
+// cacheKey is a SHA-256 of the token (a cryptographic hash: a collision
+// would make a forged token a cache hit) with its provider: the same token
+// verified against another provider's keys is another entry.
+type cacheKey struct {
+	prov uint64
+	hash [32]byte
+}
+
+func tokenKey(provID uint64, token string) cacheKey {
+	// The string's bytes are only read: no copy needed.
+	return cacheKey{prov: provID, hash: sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))}
+}
+
+// verifiedClaims are a token's claims with the registered ones parsed once,
+// so that the validator, which runs on every cache hit, does not parse
+// numbers again. It implements jwt.Claims.
+type verifiedClaims struct {
+	all            jwt.MapClaims
+	exp, nbf, iat  *jwt.NumericDate
+	expErr, nbfErr error
+	iatErr         error
+	iss, sub       string
+	issErr, subErr error
+	aud            jwt.ClaimStrings
+	audErr         error
+}
+
+func newVerifiedClaims(m jwt.MapClaims) *verifiedClaims {
+	c := &verifiedClaims{all: m}
+	c.exp, c.expErr = m.GetExpirationTime()
+	c.nbf, c.nbfErr = m.GetNotBefore()
+	c.iat, c.iatErr = m.GetIssuedAt()
+	c.iss, c.issErr = m.GetIssuer()
+	c.sub, c.subErr = m.GetSubject()
+	c.aud, c.audErr = m.GetAudience()
+	return c
+}
+
+func (c *verifiedClaims) GetExpirationTime() (*jwt.NumericDate, error) { return c.exp, c.expErr }
+func (c *verifiedClaims) GetNotBefore() (*jwt.NumericDate, error)      { return c.nbf, c.nbfErr }
+func (c *verifiedClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.iat, c.iatErr }
+func (c *verifiedClaims) GetIssuer() (string, error)                   { return c.iss, c.issErr }
+func (c *verifiedClaims) GetSubject() (string, error)                  { return c.sub, c.subErr }
+func (c *verifiedClaims) GetAudience() (jwt.ClaimStrings, error)       { return c.aud, c.audErr }
+
+var (
+	errKeysUnavailable = errors.New("no usable keys")
+	errUnknownKID      = errors.New("unknown kid")
+	errBadAlg          = errors.New("alg does not fit the key")
+	errBadKID          = errors.New("kid is not a string")
+)
+
+// verdict is the outcome of one verification.
+type verdict struct {
+	reason reason
+	status int // 0 when accepted
+	claims jwt.MapClaims
+}
+
+var _ jwt.Claims = (*verifiedClaims)(nil)
+
+func reject(r reason) verdict {
+	switch r {
+	case reasonKeysUnavailable:
+		return verdict{reason: r, status: http.StatusServiceUnavailable}
+	}
+	return verdict{reason: r, status: http.StatusUnauthorized}
+}
+
+// verify checks token for the route: from the cache when this token's
+// signature was verified before with a key still in the JWKS, else by a
+// full parse. Claims are validated on both paths by the same validator.
+func (m *JWTCache) verify(rc *routeConf, token string) verdict {
+	p := rc.prov
+	now := m.now()
+	ks := p.current(now)
+	if ks == nil && p.set.Load() == nil {
+		p.waitFirst(m.cfg.FirstFetchWait.D())
+		now = m.now()
+		ks = p.current(now)
+	}
+	if ks == nil {
+		return reject(reasonKeysUnavailable)
+	}
+	key := tokenKey(p.id, token)
+	if e, ok := m.cache.Get(key); ok {
+		if m.entryValid(e, ks, now) {
+			m.hits.Inc()
+			return m.checkClaims(rc, e.alg, e.claims)
+		}
+		m.cache.Remove(key)
+	}
+	m.misses.Inc()
+
+	var used struct {
+		kid string
+		fp  [32]byte
+	}
+	claims := jwt.MapClaims{}
+	tok, err := rc.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		k, kid, fp, err := m.keyFor(rc, p, t)
+		used.kid, used.fp = kid, fp
+		return k, err
+	})
+	if err != nil {
+		return reject(parseReason(rc, tok, err))
+	}
+	alg := tok.Method.Alg()
+	vc := newVerifiedClaims(claims)
+	if vc.expErr == nil && vc.exp != nil && vc.exp.After(now) {
+		m.cache.Add(key, &cacheEntry{provID: p.id, kid: used.kid, keyFP: used.fp, alg: alg, exp: vc.exp.Time, claims: vc})
+	}
+	return m.checkClaims(rc, alg, vc)
+}
+
+// entryValid: a cached signature counts only before the token's exp and
+// while the key that verified it is still in the JWKS, unchanged.
+func (m *JWTCache) entryValid(e *cacheEntry, ks *keySet, now time.Time) bool {
+	if !now.Before(e.exp) {
+		return false
+	}
+	if e.kid == "" {
+		return e.keyFP == ks.fp
+	}
+	ki := ks.keys[e.kid]
+	return ki != nil && ki.fp == e.keyFP
+}
+
+// checkClaims runs the route's claim rules on verified claims.
+func (m *JWTCache) checkClaims(rc *routeConf, alg string, claims *verifiedClaims) verdict {
+	if !rc.algs[alg] {
+		return reject(reasonBadAlg) // verified for a route that allows more algorithms
+	}
+	if err := rc.validator.Validate(claims); err != nil {
+		return reject(claimsReason(err))
+	}
+	for _, name := range rc.required {
+		if v, ok := claims.all[name]; !ok || v == nil {
+			return verdict{reason: reasonMissingClaim, status: http.StatusForbidden}
+		}
+	}
+	return verdict{reason: reasonOK, claims: claims.all}
+}
+
+// keyFor is the jwt.Keyfunc: it finds the key by kid (refreshing once, for
+// a bounded time, when the kid is unknown), checks that the token's alg
+// fits the key, then takes the key through keyfunc, which checks the JWK's
+// own alg again.
+func (m *JWTCache) keyFor(rc *routeConf, p *provider, t *jwt.Token) (any, string, [32]byte, error) {
+	alg := t.Method.Alg()
+	ks := p.current(m.now())
+	if ks == nil {
+		return nil, "", [32]byte{}, errKeysUnavailable
+	}
+	kidv, has := t.Header[jwkset.HeaderKID]
+	if !has {
+		var set jwt.VerificationKeySet
+		for _, k := range ks.all {
+			if (k.alg == "" || k.alg == alg) && algFitsKey(alg, k.key) {
+				set.Keys = append(set.Keys, k.key)
+			}
+		}
+		if len(set.Keys) == 0 {
+			return nil, "", [32]byte{}, errBadAlg
+		}
+		return set, "", ks.fp, nil
+	}
+	kid, ok := kidv.(string)
+	if !ok {
+		return nil, "", [32]byte{}, errBadKID
+	}
+	ki := ks.keys[kid]
+	if ki == nil {
+		if p.refreshForKID(m.cfg.UnknownKIDWait.D()) {
+			if ks = p.current(m.now()); ks != nil {
+				ki = ks.keys[kid]
+			}
+		}
+		if ki == nil {
+			return nil, "", [32]byte{}, errUnknownKID
+		}
+	}
+	if (ki.alg != "" && ki.alg != alg) || !algFitsKey(alg, ki.key) {
+		return nil, "", [32]byte{}, errBadAlg
+	}
+	key, err := ks.kf.Keyfunc(t)
+	if err != nil {
+		if errors.Is(err, jwkset.ErrKeyNotFound) {
+			return nil, "", [32]byte{}, errUnknownKID
+		}
+		return nil, "", [32]byte{}, errBadAlg
+	}
+	return key, kid, ki.fp, nil
+}
+
+// parseReason maps a parse or signature error to its metric reason.
+func parseReason(rc *routeConf, tok *jwt.Token, err error) reason {
+	switch {
+	case errors.Is(err, errKeysUnavailable):
+		return reasonKeysUnavailable
+	case errors.Is(err, errUnknownKID):
+		return reasonUnknownKID
+	case errors.Is(err, errBadAlg):
+		return reasonBadAlg
+	case errors.Is(err, errBadKID):
+		return reasonMalformed
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return reasonMalformed
+	}
+	// The parser rejects an alg outside the route's list (none, HS256, an
+	// unknown name) before it looks for a key.
+	if tok != nil {
+		if a, _ := tok.Header["alg"].(string); !rc.algs[a] {
+			return reasonBadAlg
+		}
+	}
+	if errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+		return reasonBadSignature
+	}
+	return reasonMalformed
+}
+
+// claimsReason maps a validator error (possibly several joined) to one
+// reason, the most telling first.
+func claimsReason(err error) reason {
+	for _, c := range []struct {
+		err error
+		r   reason
+	}{
+		{jwt.ErrInvalidType, reasonMalformed},
+		{jwt.ErrTokenExpired, reasonExpired},
+		{jwt.ErrTokenNotValidYet, reasonNotYetValid},
+		{jwt.ErrTokenUsedBeforeIssued, reasonIssuedInFuture},
+		{jwt.ErrTokenInvalidIssuer, reasonBadIssuer},
+		{jwt.ErrTokenInvalidAudience, reasonBadAudience},
+		{jwt.ErrTokenRequiredClaimMissing, reasonMissingClaim},
+	} {
+		if errors.Is(err, c.err) {
+			return c.r
+		}
+	}
+	return reasonMalformed
+}
+
+// claimHeaderValue renders a claim for an upstream header. Values with
+// control characters or over 4 KiB are not forwarded.
+func claimHeaderValue(v any) (string, bool) {
+	var s string
+	switch x := v.(type) {
+	case nil:
+		return "", false
+	case string:
+		s = x
+	case json.Number:
+		s = x.String()
+	case bool:
+		s = strconv.FormatBool(x)
+	case float64:
+		s = strconv.FormatFloat(x, 'f', -1, 64)
+	default:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return "", false
+		}
+		s = string(b)
+	}
+	if s == "" || len(s) > 4096 {
+		return "", false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return "", false
+		}
+	}
+	return s, true
+}

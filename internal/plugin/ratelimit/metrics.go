@@ -1,0 +1,85 @@
+package ratelimit
+
+import (
+	"github.com/apisix-edge/edge-runner/internal/core"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The outcomes of apisix_edge_ratelimit_decisions_total.
+const (
+	outAllowed        = "allowed"
+	outRejected       = "rejected"
+	outRejectedCached = "rejected_cached"
+	outDegradedOpen   = "degraded_open"
+	outDegradedClosed = "degraded_closed"
+	outLocalAllowed   = "local_allowed"
+	outLocalRejected  = "local_rejected"
+)
+
+var outcomes = []string{outAllowed, outRejected, outRejectedCached, outDegradedOpen, outDegradedClosed, outLocalAllowed, outLocalRejected}
+
+// The results of apisix_edge_ratelimit_tenant_override_lookups_total.
+const (
+	lookupCacheHit = "cache_hit" // a fresh cached answer (an override or none)
+	lookupRedis    = "redis"     // read from Redis for this request
+	lookupStale    = "stale"     // an expired cached answer, Redis unavailable or being asked
+	lookupNone     = "none"      // nothing cached and Redis unavailable: the conf applies
+)
+
+type metrics struct {
+	decisions   map[string]prometheus.Counter
+	decisionVec *prometheus.CounterVec
+	redisOK     prometheus.Observer
+	redisErr    prometheus.Observer
+	breaker     prometheus.Gauge
+	transitions *prometheus.CounterVec
+	fallbacks   prometheus.Counter
+	lookups     map[string]prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_decisions_total",
+		Help: "Rate-limit decisions by outcome: allowed, rejected (by Redis), rejected_cached (local over-limit cache, no Redis trip), degraded_open, degraded_closed, local_allowed, local_rejected.",
+	}, []string{"outcome"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: core.Namespace, Name: "ratelimit_redis_seconds",
+		Help:    "Latency of the rate limiter's Redis calls, by result (ok, error).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .02, .05, .1, .25},
+	}, []string{"result"})
+	breaker := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: core.Namespace, Name: "ratelimit_breaker_state",
+		Help: "State of the circuit breaker around Redis: 0 closed, 1 half-open, 2 open.",
+	})
+	transitions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_breaker_transitions_total",
+		Help: "Circuit breaker transitions, by the state entered (closed, half_open, open).",
+	}, []string{"to"})
+	fallbacks := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_key_fallbacks_total",
+		Help: "Requests whose rate-limit key had no value and were counted by remote_addr.",
+	})
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_tenant_override_lookups_total",
+		Help: "Tenant override lookups by result: cache_hit, redis, stale (last known value used), none (no value known; the conf applies).",
+	}, []string{"result"})
+	reg.MustRegister(decisions, latency, breaker, transitions, fallbacks, lookups)
+	m := &metrics{
+		decisions: map[string]prometheus.Counter{}, decisionVec: decisions,
+		redisOK: latency.WithLabelValues("ok"), redisErr: latency.WithLabelValues("error"),
+		breaker: breaker, transitions: transitions, fallbacks: fallbacks,
+		lookups: map[string]prometheus.Counter{},
+	}
+	// Every label value exists from the start, so that alert expressions
+	// (rate(...)) see zeros instead of absent series.
+	for _, o := range outcomes {
+		m.decisions[o] = decisions.WithLabelValues(o)
+	}
+	for _, s := range []string{"closed", "half_open", "open"} {
+		transitions.WithLabelValues(s)
+	}
+	for _, r := range []string{lookupCacheHit, lookupRedis, lookupStale, lookupNone} {
+		m.lookups[r] = lookups.WithLabelValues(r)
+	}
+	return m
+}

@@ -1,0 +1,521 @@
+// Package ratelimit is the L1 rate limiter of the gateway: a sliding log
+// per key in Redis, decided by one atomic script per request, behind a
+// circuit breaker. While Redis is healthy the limit is exact; while it is
+// down, slow or out of memory each route's fail_mode decides (open, closed
+// or local), without a Redis round trip once the breaker is open, and the
+// limiter recovers by itself. See docs/ratelimit.md.
+package ratelimit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
+	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
+	"github.com/apisix-edge/edge-runner/internal/config"
+	"github.com/apisix-edge/edge-runner/internal/core"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+	"go.uber.org/zap"
+)
+
+// PluginName is the name routes use in their ext-plugin conf.
+const PluginName = "ratelimit"
+
+// BackendName is the Redis entry in /status.
+const BackendName = "redis"
+
+// Response headers.
+const (
+	hdrLimit      = "X-RateLimit-Limit"
+	hdrRemaining  = "X-RateLimit-Remaining"
+	hdrReset      = "X-RateLimit-Reset"
+	hdrStatus     = "X-RateLimit-Status"
+	hdrRetryAfter = "Retry-After"
+	statusDegrade = "degraded"
+)
+
+// RateLimit is the ratelimit plugin. One per runner process; it owns the
+// Redis client, the breaker and the in-memory caches.
+type RateLimit struct {
+	cfg    config.Redis
+	deps   core.Deps
+	now    func() time.Time
+	clock  bool // pass the runner's time to the script instead of Redis'
+	client redis.UniversalClient
+	cmd    redis.Scripter // the client, or its auto-pipeliner
+	hmget  func(ctx context.Context, key string, fields ...string) *redis.SliceCmd
+	closer func() error
+	cb     *gobreaker.CircuitBreaker[any]
+	met    *metrics
+	back   *core.Backend
+	over   *overLimit
+	local  *localLimiter
+	tenant *overrides
+
+	member  string // unique prefix of this runner's sliding-log members
+	seq     atomic.Uint64
+	state   atomic.Int32 // last core.State index set on back, to skip no-op Sets
+	brk     atomic.Int32 // breaker state as in the gauge: 0 closed, 1 half-open, 2 open
+	base    time.Time    // origin of mono
+	lastOK  atomic.Int64 // mono() of the last successful Redis call
+	failing atomic.Bool  // the last Redis call failed
+	started atomic.Bool
+	counts  [7]atomic.Int64 // by outcome, in the order of outcomes
+}
+
+var _ plugin.Plugin = (*RateLimit)(nil)
+
+// Option configures New.
+type Option func(*RateLimit)
+
+// WithClock makes the runner's clock now the time of every decision: the
+// sliding log in Redis is scored by it instead of by Redis' TIME, and the
+// local caches use it. For tests, which move time instead of sleeping.
+func WithClock(now func() time.Time) Option {
+	return func(r *RateLimit) { r.now, r.clock = now, true }
+}
+
+// New builds the plugin from the runner's redis section. It does not dial:
+// connections are made in the background (Start) or by the first requests.
+func New(cfg config.Redis, deps core.Deps, opts ...Option) (*RateLimit, error) {
+	client, err := newClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("new ratelimit: %w", err)
+	}
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	r := &RateLimit{
+		cfg:    cfg,
+		deps:   deps,
+		now:    time.Now,
+		client: client,
+		cmd:    client,
+		hmget:  client.HMGet,
+		closer: client.Close,
+		met:    newMetrics(deps.Metrics),
+		back:   deps.Status.Backend(BackendName),
+		over:   newOverLimit(cfg.LocalMaxKeys),
+		local:  newLocalLimiter(cfg.LocalMaxKeys),
+		member: hex.EncodeToString(id) + ":",
+	}
+	r.state.Store(-1)
+	r.base = time.Now()
+	r.lastOK.Store(math.MinInt64 / 2) // no success yet: failures at start count at once
+	// go-redis logs pool failures (one line per failed dial) on stderr,
+	// which APISIX copies into error.log: fold them into the throttle.
+	redis.SetLogger(goRedisLog{deps.Throttle})
+	if cfg.AutoPipelineOn() {
+		ap, err := client.AutoPipeline()
+		if err != nil {
+			_ = client.Close()
+			return nil, fmt.Errorf("new ratelimit: auto-pipeline: %w", err)
+		}
+		r.cmd, r.hmget = ap, ap.HMGet
+		r.closer = func() error { return errors.Join(ap.Close(), client.Close()) }
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	r.tenant = newOverrides(r, cfg.OverrideCacheSize, cfg.OverrideCacheTTL.D())
+	b := cfg.Breaker
+	r.cb = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
+		Name:         BackendName,
+		MaxRequests:  1,
+		Interval:     b.Window.D(),
+		BucketPeriod: b.Window.D() / 10,
+		Timeout:      b.OpenTimeout.D(),
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			if c.ConsecutiveFailures >= uint32(b.ConsecutiveFailures) &&
+				time.Duration(r.mono()-r.lastOK.Load()) >= b.MinFailingTime.D() {
+				return true
+			}
+			return c.Requests >= uint32(b.MinRequests) && float64(c.TotalFailures) >= b.FailureRatio*float64(c.Requests)
+		},
+		IsExcluded:    func(err error) bool { return err != nil && !isAvailabilityError(err) },
+		OnStateChange: r.breakerChanged,
+	})
+	r.back.SetDetail("mode", cfg.Mode)
+	r.back.SetDetail("addrs", cfg.Addrs)
+	r.back.SetDetail("breaker", "closed")
+	r.back.SetDetail("auto_pipeline", cfg.AutoPipelineOn())
+	deps.Status.Plugin(PluginName, r.statusCounters)
+	return r, nil
+}
+
+// Name is the plugin name.
+func (r *RateLimit) Name() string { return PluginName }
+
+// FailPolicy is FailClosed: an invalid conf answers 500 rather than turn
+// rate limiting off.
+func (r *RateLimit) FailPolicy() core.FailPolicy { return core.FailClosed }
+
+// ParseConf validates a route's conf; see Conf.
+func (r *RateLimit) ParseConf(in []byte) (any, error) {
+	c, err := ParseConf(in)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Start connects in the background: a PING and a SCRIPT LOAD, so that the
+// first requests find a warm pool and a cached script. It returns at once.
+func (r *RateLimit) Start(ctx context.Context) {
+	if !r.started.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout.D()+time.Second)
+		defer cancel()
+		err := r.client.Ping(wctx).Err()
+		if err == nil {
+			err = r.loadScript(wctx)
+		}
+		if err != nil {
+			r.deps.Throttle.Warn("ratelimit:redis", "ratelimit: redis not reachable at start: decisions follow each route's fail_mode until it is", err)
+			r.setBackend(core.StateDown, fmt.Errorf("ratelimit start: %w", err))
+			return
+		}
+		r.setBackend(core.StateOK, nil)
+	}()
+}
+
+// loadScript caches the script on every node (every master in Cluster).
+func (r *RateLimit) loadScript(ctx context.Context) error {
+	if cc, ok := r.client.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return slidingLog.Load(ctx, c).Err()
+		})
+	}
+	return slidingLog.Load(ctx, r.client).Err()
+}
+
+// Shutdown closes the Redis client.
+func (r *RateLimit) Shutdown(context.Context) error {
+	if err := r.closer(); err != nil {
+		return fmt.Errorf("shutdown ratelimit: %w", err)
+	}
+	return nil
+}
+
+// ResponseFilter does nothing: the limiter decides before the upstream.
+func (r *RateLimit) ResponseFilter(any, pkgHTTP.Response) {}
+
+// RequestFilter decides one request.
+func (r *RateLimit) RequestFilter(conf any, w http.ResponseWriter, req pkgHTTP.Request) {
+	c, ok := conf.(*Conf)
+	if !ok {
+		return // the guard answers invalid confs; nothing else reaches here
+	}
+	key, limit, window := r.identify(c, req)
+	now := r.now()
+	if until, ok := r.over.until(key, now); ok {
+		// Redis said this key has no slot before until, so the answer is
+		// exact; while Redis is failing (last call failed, or the breaker
+		// is not closed) it is still marked degraded, so that every answer
+		// during an outage carries the mark.
+		r.count(outRejectedCached)
+		r.reject(c, w, limit, 0, until.Sub(now), r.brk.Load() != 0 || r.failing.Load())
+		return
+	}
+	v, err := r.eval(key, limit, window, now)
+	if err != nil {
+		r.degraded(c, w, req, key, limit, window, now, err)
+		return
+	}
+	if !v.allowed {
+		r.over.set(key, now.Add(v.reset))
+		r.count(outRejected)
+		r.reject(c, w, limit, 0, v.reset, false)
+		return
+	}
+	r.count(outAllowed)
+	r.allow(c, req, limit, int(int64(limit)-v.count), v.reset, false)
+}
+
+// Recovered answers a request after a panic in RequestFilter by the
+// route's fail_mode, as if Redis could not decide.
+func (r *RateLimit) Recovered(conf any, w http.ResponseWriter, req pkgHTTP.Request) {
+	c, ok := conf.(*Conf)
+	if !ok {
+		return
+	}
+	switch c.failMode {
+	case failClosed:
+		r.count(outDegradedClosed)
+		r.unavailable(c, w)
+	default: // the local limiter is what may have panicked: allow
+		r.count(outDegradedOpen)
+		if c.show {
+			req.RespHeader().Set(hdrStatus, statusDegrade)
+		}
+	}
+}
+
+// identify returns the counter key and the effective limit and window.
+func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request) (key string, limit int, window time.Duration) {
+	kind, val := c.keyKind, ""
+	switch c.keyKind {
+	case keyHeader:
+		val = req.Header().Get(c.keyName)
+	case keyArg:
+		val = req.Args().Get(c.keyName)
+	case keyVar:
+		if b, err := req.Var(c.keyName); err == nil {
+			val = string(b)
+		}
+	case keyConsumer:
+		val = req.Header().Get(core.ConsumerHeader)
+	}
+	if c.keyKind != keyAddr && val == "" {
+		r.met.fallbacks.Inc()
+	}
+	if val == "" {
+		kind = keyAddr
+		if ip := req.SrcIP(); ip != nil {
+			val = ip.String()
+		} else {
+			val = "unknown"
+		}
+	}
+	limit, window = c.Limit, c.window
+	tenant := ""
+	if c.TenantHeader != "" {
+		if t := req.Header().Get(c.TenantHeader); t != "" {
+			tenant = boundKey(t)
+			if tenant == t { // odd or huge tenant ids are hashed and never overridden
+				if o, ok := r.tenant.get(c.Name, t); ok {
+					limit = o.limit
+					if o.window > 0 {
+						window = o.window
+					}
+				}
+			}
+		}
+	}
+	return counterKey(r.cfg.KeyPrefix, c.ns, tenant, kind, boundKey(val)), limit, window
+}
+
+// eval runs the sliding-log script through the breaker, within the call
+// timeout.
+func (r *RateLimit) eval(key string, limit int, window time.Duration, now time.Time) (verdict, error) {
+	nowArg := ""
+	if r.clock {
+		nowArg = strconv.FormatInt(now.UnixMilli(), 10)
+	}
+	member := r.member + strconv.FormatUint(r.seq.Add(1), 36)
+	res, err := r.call(func(ctx context.Context) (any, error) {
+		return slidingLog.Run(ctx, r.cmd, []string{key}, limit, window.Milliseconds(), member, nowArg).Result()
+	})
+	if err != nil {
+		return verdict{}, err
+	}
+	return parseVerdict(res)
+}
+
+// call runs one Redis call through the breaker with its own deadline and
+// records its latency and the backend state.
+func (r *RateLimit) call(fn func(ctx context.Context) (any, error)) (any, error) {
+	var start time.Time
+	res, err := r.cb.Execute(func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
+		defer cancel()
+		start = time.Now()
+		v, err := fn(ctx)
+		if err == redis.Nil {
+			err = nil
+		}
+		return v, err
+	})
+	switch {
+	case err == nil:
+		r.lastOK.Store(r.mono())
+		if r.failing.Load() {
+			r.failing.Store(false)
+		}
+		r.met.redisOK.Observe(time.Since(start).Seconds())
+		if r.brk.Load() == 0 { // a success in half-open has just closed it
+			r.setBackend(core.StateOK, nil)
+		}
+	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		// no Redis round trip was made
+	default:
+		r.met.redisErr.Observe(time.Since(start).Seconds())
+		r.failing.Store(true)
+		r.deps.Throttle.Warn("ratelimit:redis", "ratelimit: redis call failed: decisions follow each route's fail_mode", err)
+		// Only the breaker moves the /status state (closed ok, half-open
+		// degraded, open down): single timeouts would make it flap and log
+		// a line each. The error is recorded as the last error.
+		r.back.Set(r.back.State(), err)
+	}
+	return res, err
+}
+
+// goRedisLog routes go-redis' own log lines into the log throttle.
+type goRedisLog struct{ t *core.LogThrottle }
+
+func (l goRedisLog) Printf(_ context.Context, format string, v ...any) {
+	l.t.Warn("ratelimit:go-redis", "ratelimit: go-redis", fmt.Errorf(format, v...))
+}
+
+// mono is the monotonic time since New, in ns (the breaker uses the real
+// clock: gobreaker has no clock to inject).
+func (r *RateLimit) mono() int64 { return int64(time.Since(r.base)) }
+
+// degraded answers a request Redis could not decide, by fail_mode.
+func (r *RateLimit) degraded(c *Conf, w http.ResponseWriter, req pkgHTTP.Request, key string, limit int, window time.Duration, now time.Time, err error) {
+	r.deps.Throttle.Warn("ratelimit:degraded", "ratelimit FAILING OPEN/CLOSED/LOCAL per route fail_mode: redis cannot decide", err)
+	switch c.failMode {
+	case failClosed:
+		r.count(outDegradedClosed)
+		r.unavailable(c, w)
+	case failLocal:
+		allowed, remaining, reset := r.local.decide(key, limit, window, now)
+		if !allowed {
+			r.count(outLocalRejected)
+			r.reject(c, w, limit, 0, reset, true)
+			return
+		}
+		r.count(outLocalAllowed)
+		r.allow(c, req, limit, remaining, reset, true)
+	default:
+		r.count(outDegradedOpen)
+		if c.show {
+			h := req.RespHeader()
+			h.Set(hdrLimit, strconv.Itoa(limit))
+			h.Set(hdrStatus, statusDegrade)
+		}
+	}
+}
+
+// allow adds the limit headers to the client's response; the request goes
+// on to the upstream.
+func (r *RateLimit) allow(c *Conf, req pkgHTTP.Request, limit, remaining int, reset time.Duration, degraded bool) {
+	if !c.show {
+		return
+	}
+	h := req.RespHeader()
+	h.Set(hdrLimit, strconv.Itoa(limit))
+	h.Set(hdrRemaining, strconv.Itoa(max(remaining, 0)))
+	h.Set(hdrReset, strconv.FormatInt(ceilSeconds(reset), 10))
+	if degraded {
+		h.Set(hdrStatus, statusDegrade)
+	}
+}
+
+// reject answers with the conf's rejection (a Stop: the upstream is not
+// called).
+func (r *RateLimit) reject(c *Conf, w http.ResponseWriter, limit, remaining int, reset time.Duration, degraded bool) {
+	h := w.Header()
+	secs := strconv.FormatInt(ceilSeconds(reset), 10)
+	h.Set(hdrRetryAfter, secs)
+	if c.show {
+		h.Set(hdrLimit, strconv.Itoa(limit))
+		h.Set(hdrRemaining, strconv.Itoa(remaining))
+		h.Set(hdrReset, secs)
+		if degraded {
+			h.Set(hdrStatus, statusDegrade)
+		}
+	}
+	h.Set("Content-Type", "application/json")
+	w.WriteHeader(c.RejectedCode)
+	_, _ = w.Write(c.body)
+}
+
+// unavailable is fail_mode "closed": 503, retry once the breaker probes.
+func (r *RateLimit) unavailable(c *Conf, w http.ResponseWriter) {
+	h := w.Header()
+	h.Set(hdrRetryAfter, strconv.FormatInt(ceilSeconds(r.cfg.Breaker.OpenTimeout.D()), 10))
+	if c.show {
+		h.Set(hdrStatus, statusDegrade)
+	}
+	h.Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = w.Write(c.retryBody)
+}
+
+// ceilSeconds rounds d up to whole seconds, at least 1 (a Retry-After of 0
+// invites an immediate retry storm).
+func ceilSeconds(d time.Duration) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+func (r *RateLimit) count(outcome string) {
+	r.met.decisions[outcome].Inc()
+	for i, o := range outcomes {
+		if o == outcome {
+			r.counts[i].Add(1)
+			return
+		}
+	}
+}
+
+// breakerChanged is gobreaker's state hook: metrics, /status and one log
+// line per change (the periodic summaries come from the throttle).
+func (r *RateLimit) breakerChanged(_ string, from, to gobreaker.State) {
+	var label string
+	switch to {
+	case gobreaker.StateClosed:
+		label = "closed"
+		r.met.breaker.Set(0)
+		r.brk.Store(0)
+		r.setBackend(core.StateOK, nil)
+		r.deps.Log.Warn("ratelimit: redis breaker closed: decisions are made by Redis again", zap.String("from", from.String()))
+	case gobreaker.StateHalfOpen:
+		label = "half_open"
+		r.met.breaker.Set(1)
+		r.brk.Store(1)
+		r.setBackend(core.StateDegraded, nil)
+	case gobreaker.StateOpen:
+		label = "open"
+		r.met.breaker.Set(2)
+		r.brk.Store(2)
+		r.setBackend(core.StateDown, errors.New("circuit breaker open"))
+		if from == gobreaker.StateClosed {
+			r.deps.Log.Error("ratelimit: redis breaker open: FAILING OPEN (routes with fail_mode closed answer 503, local limit per runner); no Redis calls until a probe succeeds",
+				zap.Duration("probe_after", r.cfg.Breaker.OpenTimeout.D()))
+		}
+	}
+	r.met.transitions.WithLabelValues(label).Inc()
+	r.back.SetDetail("breaker", label)
+}
+
+var stateIndex = map[core.State]int32{core.StateUnknown: 0, core.StateOK: 1, core.StateDegraded: 2, core.StateDown: 3}
+
+// setBackend sets the /status state; it skips the lock when nothing changes
+// and there is no error to record.
+func (r *RateLimit) setBackend(s core.State, err error) {
+	i := stateIndex[s]
+	if r.state.Swap(i) == i && err == nil {
+		return
+	}
+	r.back.Set(s, err)
+}
+
+// statusCounters are the plugin's facts in /status.
+func (r *RateLimit) statusCounters() any {
+	dec := make(map[string]int64, len(outcomes))
+	for i, o := range outcomes {
+		dec[o] = r.counts[i].Load()
+	}
+	return map[string]any{
+		"decisions":         dec,
+		"breaker":           r.cb.State().String(),
+		"over_limit_cached": r.over.len(),
+		"local_keys":        r.local.len(),
+		"tenant_overrides":  r.tenant.len(),
+	}
+}
