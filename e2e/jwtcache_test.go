@@ -2,18 +2,11 @@ package e2e
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,181 +17,103 @@ import (
 	"testing"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/apisix-edge/edge-runner/testbed"
 	"github.com/apisix-edge/edge-runner/testbed/backing"
+	"github.com/apisix-edge/edge-runner/testbed/idp"
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// jwtKey is a signing key published by a jwtIdP.
-type jwtKey struct {
-	kid    string
-	priv   crypto.Signer
-	method jwt.SigningMethod
-}
-
+// The keys of the tests, generated once: RSA keys take a while.
 var (
 	jwtKeysOnce sync.Once
-	jwtRSA      [2]*rsa.PrivateKey
-	jwtEC       *ecdsa.PrivateKey
-	jwtEd       ed25519.PrivateKey
+	jwtRSA      [2]*idp.Key
+	jwtEC       *idp.Key
+	jwtEd       *idp.Key
+	jwtEnc      *idp.Key
 )
 
 func jwtGenKeys() {
 	jwtKeysOnce.Do(func() {
+		var err error
 		for i := range jwtRSA {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
-			if err != nil {
+			if jwtRSA[i], err = idp.NewRSA("", 2048); err != nil {
 				panic(err)
 			}
-			jwtRSA[i] = k
 		}
-		var err error
-		if jwtEC, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+		if jwtEC, err = idp.NewEC(""); err != nil {
 			panic(err)
 		}
-		if _, jwtEd, err = ed25519.GenerateKey(rand.Reader); err != nil {
+		if jwtEd, err = idp.NewEd25519(""); err != nil {
+			panic(err)
+		}
+		if jwtEnc, err = idp.NewRSAEncryption("enc-1"); err != nil {
 			panic(err)
 		}
 	})
 }
 
-func jwtRS(kid string, i int) jwtKey {
+func jwtRS(kid string, i int) *idp.Key {
 	jwtGenKeys()
-	return jwtKey{kid: kid, priv: jwtRSA[i], method: jwt.SigningMethodRS256}
+	return jwtRSA[i].With(kid, nil)
 }
-func jwtES(kid string) jwtKey {
+func jwtES(kid string) *idp.Key {
 	jwtGenKeys()
-	return jwtKey{kid: kid, priv: jwtEC, method: jwt.SigningMethodES256}
+	return jwtEC.With(kid, nil)
 }
-func jwtEdDSA(kid string) jwtKey {
+func jwtEdDSA(kid string) *idp.Key {
 	jwtGenKeys()
-	return jwtKey{kid: kid, priv: jwtEd, method: jwt.SigningMethodEdDSA}
+	return jwtEd.With(kid, nil)
 }
 
-// jwtIdP is a real JWKS endpoint on loopback serving the keys a test
-// publishes. It can answer 503, garbage, answer slowly, or stop listening.
+// jwtIdP is a real JWKS endpoint on loopback (testbed/idp) serving the keys
+// a test publishes, plus, like Keycloak, an encryption key that must be
+// ignored.
 type jwtIdP struct {
+	*idp.Server
 	t   *testing.T
-	mu  sync.Mutex
-	doc []byte
-	// status is the answer's status; body overrides the JWKS when set.
-	status int
-	body   []byte
-	delay  time.Duration
-	hits   int
-	ln     net.Listener
-	srv    *http.Server
-	URL    string
+	URL string
 }
 
-func jwtNewIdP(t *testing.T, keys ...jwtKey) *jwtIdP {
+func jwtNewIdP(t *testing.T, keys ...*idp.Key) *jwtIdP {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := idp.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := &jwtIdP{t: t, status: 200, ln: ln, URL: "http://" + ln.Addr().String() + "/realms/test/protocol/openid-connect/certs"}
+	t.Cleanup(func() { _ = s.Close() })
+	i := &jwtIdP{Server: s, t: t, URL: s.URL()}
 	i.publish(keys...)
-	i.srv = &http.Server{Handler: http.HandlerFunc(i.serve), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = i.srv.Serve(ln) }()
-	t.Cleanup(i.down)
 	return i
 }
 
-func (i *jwtIdP) serve(w http.ResponseWriter, r *http.Request) {
-	i.mu.Lock()
-	i.hits++
-	st, body, delay := i.status, i.doc, i.delay
-	if i.body != nil {
-		body = i.body
-	}
-	i.mu.Unlock()
-	if delay > 0 {
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			return
-		}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(st)
-	_, _ = w.Write(body)
-}
-
-// publish replaces the JWKS with the public keys of keys (plus, like
-// Keycloak, an RSA encryption key that must be ignored).
-func (i *jwtIdP) publish(keys ...jwtKey) {
+func (i *jwtIdP) publish(keys ...*idp.Key) {
 	i.t.Helper()
-	var doc jwkset.JWKSMarshal
-	for _, k := range keys {
-		j, err := jwkset.NewJWKFromKey(k.priv.Public(), jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{
-			KID: k.kid, USE: jwkset.UseSig, ALG: jwkset.ALG(k.method.Alg())}})
-		if err != nil {
-			i.t.Fatal(err)
-		}
-		doc.Keys = append(doc.Keys, j.Marshal())
-	}
 	jwtGenKeys()
-	enc, err := jwkset.NewJWKFromKey(&jwtRSA[1].PublicKey, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{
-		KID: "enc-1", USE: jwkset.UseEnc, ALG: jwkset.AlgRSAOAEP}})
-	if err != nil {
+	if err := i.Publish(append(keys, jwtEnc)...); err != nil {
 		i.t.Fatal(err)
 	}
-	doc.Keys = append(doc.Keys, enc.Marshal())
-	b, err := json.Marshal(doc)
-	if err != nil {
-		i.t.Fatal(err)
-	}
-	i.mu.Lock()
-	i.doc = b
-	i.mu.Unlock()
 }
 
-func (i *jwtIdP) set(status int, body []byte, delay time.Duration) {
-	i.mu.Lock()
-	i.status, i.body, i.delay = status, body, delay
-	i.mu.Unlock()
-}
+// set makes the endpoint answer status (and body instead of the JWKS when
+// not nil) after delay.
+func (i *jwtIdP) set(status int, body []byte, delay time.Duration) { i.Respond(status, body, delay) }
 
-func (i *jwtIdP) hitCount() int {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return i.hits
-}
+func (i *jwtIdP) hitCount() int { return i.Hits() }
 
 // down stops listening: fetches get connection refused.
-func (i *jwtIdP) down() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = i.srv.Shutdown(ctx)
-}
+func (i *jwtIdP) down() { _ = i.Down() }
 
 // jwtSign signs a token with k; claims override the defaults (sub user-1,
 // iss, aud api, iat now, exp in an hour); a nil value deletes a claim.
-func jwtSign(t *testing.T, k jwtKey, claims map[string]any) string {
+func jwtSign(t *testing.T, k *idp.Key, claims map[string]any) string {
 	t.Helper()
-	now := time.Now()
-	c := jwt.MapClaims{"sub": "user-1", "iss": "https://idp.test/realms/test", "aud": "api", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
-	for n, v := range claims {
-		if v == nil {
-			delete(c, n)
-		} else {
-			c[n] = v
-		}
-	}
-	tok := jwt.NewWithClaims(k.method, c)
-	if k.kid != "" {
-		tok.Header["kid"] = k.kid
-	}
-	s, err := tok.SignedString(k.priv)
+	s, err := k.Sign(idp.Claims("user-1", "https://idp.test/realms/test", "api", time.Now(), claims))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-// jwtEnv is a runner with an admin listener and a gateway.
 type jwtEnv struct {
 	r     *testbed.Runner
 	g     *testbed.Gateway
@@ -295,7 +210,7 @@ func TestJWTMatrix(t *testing.T) {
 	loose := jwtRoute("loose", `{"provider":"main","claims_to_headers":{"tenant_id":"X-Tenant-ID"}}`)
 
 	withTenant := map[string]any{"tenant_id": "t-42"}
-	pubDER, _ := x509.MarshalPKIXPublicKey(jwtRS("", 0).priv.Public())
+	pubDER, _ := x509.MarshalPKIXPublicKey(jwtRS("", 0).Signer.Public())
 	hs := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "admin", "tenant_id": "t-1", "aud": "api",
 		"iss": "https://idp.test/realms/test", "exp": time.Now().Add(time.Hour).Unix()})
 	hs.Header["kid"] = "rs-1"
@@ -304,7 +219,7 @@ func TestJWTMatrix(t *testing.T) {
 		"iss": "https://idp.test/realms/test", "exp": time.Now().Add(time.Hour).Unix()})
 	none.Header["kid"] = "rs-1"
 	noneTok, _ := none.SignedString(jwt.UnsafeAllowNoneSignatureType)
-	otherKeySameKid := jwtKey{kid: "rs-1", priv: jwtRSA[1], method: jwt.SigningMethodRS256}
+	otherKeySameKid := jwtRS("rs-1", 1)
 
 	tests := []struct {
 		name    string
@@ -331,7 +246,7 @@ func TestJWTMatrix(t *testing.T) {
 		{"bad signature", strict, jwtBearer(jwtSign(t, otherKeySameKid, withTenant)), 401, `Bearer error="invalid_token"`, "", ""},
 		{"alg none", strict, jwtBearer(noneTok), 401, `Bearer error="invalid_token"`, "", ""},
 		{"HS256 signed with the RSA public key", strict, jwtBearer(hsTok), 401, `Bearer error="invalid_token"`, "", ""},
-		{"ES256 token naming the RSA kid", strict, jwtBearer(jwtSign(t, jwtKey{kid: "rs-1", priv: jwtEC, method: jwt.SigningMethodES256}, withTenant)), 401, `Bearer error="invalid_token"`, "", ""},
+		{"ES256 token naming the RSA kid", strict, jwtBearer(jwtSign(t, jwtES("rs-1"), withTenant)), 401, `Bearer error="invalid_token"`, "", ""},
 		{"unknown kid", strict, jwtBearer(jwtSign(t, jwtRS("nope", 0), withTenant)), 401, `Bearer error="invalid_token"`, "", ""},
 		{"malformed", strict, jwtBearer("not-a-jwt"), 401, `Bearer error="invalid_token"`, "", ""},
 		{"oversized", strict, jwtBearer(jwtSign(t, jwtRS("rs-1", 0), map[string]any{"tenant_id": strings.Repeat("x", 3000)})), 401, `Bearer error="invalid_token"`, "", ""},

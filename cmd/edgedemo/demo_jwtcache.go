@@ -2,28 +2,24 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/apisix-edge/edge-runner/testbed"
+	"github.com/apisix-edge/edge-runner/testbed/idp"
 	"github.com/golang-jwt/jwt/v5"
 )
 
 // jwtPart shows the jwtcache plugin against a local JWKS endpoint (a
-// stand-in for Keycloak's .../protocol/openid-connect/certs) serving a key
-// generated for this run.
+// stand-in for Keycloak's .../protocol/openid-connect/certs, testbed/idp)
+// serving a key generated for this run.
 var jwtPart = struct {
-	key   *rsa.PrivateKey
-	other *rsa.PrivateKey
+	key   *idp.Key
+	other *idp.Key // another key under the same kid: a forged signature
 }{}
 
 func init() {
@@ -32,46 +28,34 @@ func init() {
 
 func jwtConfig(e *demoEnv) (string, error) {
 	var err error
-	if jwtPart.key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+	if jwtPart.key, err = idp.NewRSA("demo-1", 2048); err != nil {
 		return "", err
 	}
-	if jwtPart.other, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+	if jwtPart.other, err = idp.NewRSA("demo-1", 2048); err != nil {
 		return "", err
 	}
-	j, err := jwkset.NewJWKFromKey(&jwtPart.key.PublicKey, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{
-		KID: "demo-1", USE: jwkset.UseSig, ALG: jwkset.AlgRS256}})
+	srv, err := idp.Start(jwtPart.key)
 	if err != nil {
 		return "", err
 	}
-	doc, err := json.Marshal(jwkset.JWKSMarshal{Keys: []jwkset.JWKMarshal{j.Marshal()}})
-	if err != nil {
-		return "", err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(doc)
-	})}
-	go func() { _ = srv.Serve(ln) }()
 	e.cleanup(func() { _ = srv.Close() })
-	url := "http://" + ln.Addr().String() + "/realms/demo/protocol/openid-connect/certs"
 	return fmt.Sprintf("jwks:\n  providers:\n    - name: demo\n      url: %s\n      refresh_interval: 15m\n      max_stale: 6h\n      snapshot_file: %s\n",
-		url, filepath.Join(e.Dir, "jwks-demo.json")), nil
+		srv.URL(), filepath.Join(e.Dir, "jwks-demo.json")), nil
 }
 
-func jwtToken(key *rsa.PrivateKey, method jwt.SigningMethod, claims jwt.MapClaims) string {
-	tok := jwt.NewWithClaims(method, claims)
-	tok.Header["kid"] = "demo-1"
-	var s string
-	var err error
-	if method == jwt.SigningMethodNone {
-		s, err = tok.SignedString(jwt.UnsafeAllowNoneSignatureType)
-	} else {
-		s, err = tok.SignedString(key)
+// jwtToken signs claims with key, or returns an unsigned alg-none token
+// when key is nil.
+func jwtToken(key *idp.Key, claims map[string]any) string {
+	if key == nil {
+		tok := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims(claims))
+		tok.Header["kid"] = "demo-1"
+		s, err := tok.SignedString(jwt.UnsafeAllowNoneSignatureType)
+		if err != nil {
+			return "sign-error"
+		}
+		return s
 	}
+	s, err := key.Sign(claims)
 	if err != nil {
 		return "sign-error"
 	}
@@ -80,9 +64,8 @@ func jwtToken(key *rsa.PrivateKey, method jwt.SigningMethod, claims jwt.MapClaim
 
 func jwtRun(ctx context.Context, e *demoEnv, w io.Writer) error {
 	now := time.Now()
-	claims := func(exp time.Time) jwt.MapClaims {
-		return jwt.MapClaims{"sub": "alice", "tenant_id": "acme", "iss": "http://idp.local/realms/demo", "aud": "shop",
-			"iat": now.Unix(), "exp": exp.Unix()}
+	claims := func(exp time.Time) map[string]any {
+		return idp.Claims("alice", "http://idp.local/realms/demo", "shop", now, map[string]any{"tenant_id": "acme", "exp": exp.Unix()})
 	}
 	route := &testbed.Route{ID: "jwt-demo", PreReq: []testbed.PluginConf{{Name: "jwtcache",
 		Value: `{"provider":"demo","issuer":"http://idp.local/realms/demo","audience":"shop","claims_to_headers":{"sub":"X-User-ID","tenant_id":"X-Tenant-ID"}}`}}}
@@ -96,7 +79,7 @@ func jwtRun(ctx context.Context, e *demoEnv, w io.Writer) error {
 		defer cancel()
 		return e.Gateway.Do(rctx, route, &testbed.Request{Method: "GET", Path: "/orders", Headers: h})
 	}
-	valid := jwtToken(jwtPart.key, jwt.SigningMethodRS256, claims(now.Add(time.Hour)))
+	valid := jwtToken(jwtPart.key, claims(now.Add(time.Hour)))
 	var res *testbed.Result
 	var err error
 	// The provider is fetched at start in the background; give it a moment.
@@ -119,9 +102,9 @@ func jwtRun(ctx context.Context, e *demoEnv, w io.Writer) error {
 		return fmt.Errorf("spoofed X-User-ID reached the upstream: %q", up.Get("X-User-Id"))
 	}
 	rejected := []struct{ name, tok string }{
-		{"expired", jwtToken(jwtPart.key, jwt.SigningMethodRS256, claims(now.Add(-time.Hour)))},
-		{"bad signature (another key, same kid)", jwtToken(jwtPart.other, jwt.SigningMethodRS256, claims(now.Add(time.Hour)))},
-		{"alg none", jwtToken(nil, jwt.SigningMethodNone, claims(now.Add(time.Hour)))},
+		{"expired", jwtToken(jwtPart.key, claims(now.Add(-time.Hour)))},
+		{"bad signature (another key, same kid)", jwtToken(jwtPart.other, claims(now.Add(time.Hour)))},
+		{"alg none", jwtToken(nil, claims(now.Add(time.Hour)))},
 	}
 	for _, r := range rejected {
 		res, err := send(r.tok, nil)

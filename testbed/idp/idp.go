@@ -25,11 +25,23 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// Key is a signing key and the JWS algorithm it signs with.
+// Key is a signing key and the JWS algorithm it signs with. A Key with a
+// nil Method is an encryption key: it is published with use "enc" and alg
+// RSA-OAEP, as Keycloak publishes one beside its signing keys, and cannot
+// sign.
 type Key struct {
 	KID    string
 	Signer crypto.Signer
 	Method jwt.SigningMethod
+}
+
+// NewRSAEncryption returns an RSA key published for encryption only.
+func NewRSAEncryption(kid string) (*Key, error) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("new rsa key: %w", err)
+	}
+	return &Key{KID: kid, Signer: k}, nil
 }
 
 // NewRSA returns an RS256 key of the given size (2048 if bits is 0).
@@ -76,6 +88,9 @@ func (k *Key) With(kid string, m jwt.SigningMethod) *Key {
 // Sign returns a compact JWS of claims, with the key's kid in the header
 // (none if KID is empty).
 func (k *Key) Sign(claims map[string]any) (string, error) {
+	if k.Method == nil {
+		return "", errors.New("sign token: key " + k.KID + " is an encryption key")
+	}
 	tok := jwt.NewWithClaims(k.Method, jwt.MapClaims(claims))
 	if k.KID != "" {
 		tok.Header["kid"] = k.KID
@@ -102,13 +117,16 @@ func Claims(sub, iss, aud string, now time.Time, extra map[string]any) map[strin
 	return c
 }
 
-// JWKS renders the public keys as a JWKS document, each with kid, use
-// "sig" and alg.
+// JWKS renders the public keys as a JWKS document, each with kid, use and
+// alg.
 func JWKS(keys ...*Key) ([]byte, error) {
 	doc := jwkset.JWKSMarshal{Keys: []jwkset.JWKMarshal{}}
 	for _, k := range keys {
-		j, err := jwkset.NewJWKFromKey(k.Signer.Public(), jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{
-			KID: k.KID, USE: jwkset.UseSig, ALG: jwkset.ALG(k.Method.Alg())}})
+		meta := jwkset.JWKMetadataOptions{KID: k.KID, USE: jwkset.UseEnc, ALG: jwkset.AlgRSAOAEP}
+		if k.Method != nil {
+			meta.USE, meta.ALG = jwkset.UseSig, jwkset.ALG(k.Method.Alg())
+		}
+		j, err := jwkset.NewJWKFromKey(k.Signer.Public(), jwkset.JWKOptions{Metadata: meta})
 		if err != nil {
 			return nil, fmt.Errorf("jwks: key %s: %w", k.KID, err)
 		}
