@@ -219,6 +219,10 @@ func TestValidate(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad-route.json")
 	os.WriteFile(bad, []byte(`{"uri":"/x","plugins":{"ext-plugin-pre-req":{"conf":[{"name":"ratelimt","value":"{}"}]}}}`), 0o644)
+	badConf := filepath.Join(dir, "bad-conf.json")
+	os.WriteFile(badConf, []byte(`{"name":"ratelimit","value":"{\"limit\":0,\"window\":\"1s\",\"fail_mode\":\"maybe\"}"}`), 0o644)
+	noProvider := filepath.Join(dir, "no-provider.json")
+	os.WriteFile(noProvider, []byte(`{"name":"jwtcache","value":"{\"provider\":\"keycloak\"}"}`), 0o644)
 	tests := []struct {
 		name     string
 		args     []string
@@ -227,10 +231,18 @@ func TestValidate(t *testing.T) {
 	}{
 		{"shipped config", []string{"validate", "-c", "../conf/config.yaml"}, 0, "ok"},
 		{"misspelled plugin", []string{"validate", bad}, 1, `unknown plugin "ratelimt"`},
+		// A route with all three plugins in their phases, against the
+		// runner config that declares the keycloak provider.
+		{"good route", []string{"validate", "-c", "../apisix/go-runner.yaml", "../apisix/routes/all.json"}, 0, "all.json: ok"},
+		{"bad conf values", []string{"validate", badConf}, 1, "limit"},
+		{"bad conf values name each rule", []string{"validate", badConf}, 1, "fail_mode"},
+		{"provider not in the runner config", []string{"validate", noProvider}, 1, "provider"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := exec.Command(runnerBin, tt.args...).CombinedOutput()
+			cmd := exec.Command(runnerBin, tt.args...)
+			cmd.Env = append(os.Environ(), "REDIS_PASSWORD=x", "CLICKHOUSE_PASSWORD=x")
+			out, err := cmd.CombinedOutput()
 			code := 0
 			if ee, ok := err.(*exec.ExitError); ok {
 				code = ee.ExitCode()
