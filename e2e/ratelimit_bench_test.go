@@ -63,12 +63,13 @@ func rlMedian(v []float64) float64 {
 }
 
 // BenchmarkRLThroughput: healthy local Redis, 64 connections, with and
-// without auto-pipelining; and a key over its limit (local cache).
+// without the batcher (redis.pipeline); and a key over its limit (local
+// cache).
 func BenchmarkRLThroughput(b *testing.B) {
 	rd := backing.MustRedis(b, backing.RedisOptions{})
 	for _, pipe := range []bool{true, false} {
-		b.Run(fmt.Sprintf("auto_pipeline=%v", pipe), func(b *testing.B) {
-			cfg := rlConfig(0, rlStandalone(rd.Addr())+fmt.Sprintf("  auto_pipeline: %v\n", pipe))
+		b.Run(fmt.Sprintf("pipeline=%v", pipe), func(b *testing.B) {
+			cfg := rlConfig(0, rlStandalone(rd.Addr())+fmt.Sprintf("  pipeline: %v\n", pipe))
 			r := rlStartRunner(b, cfg, testbed.RunnerOptions{})
 			g := testbed.NewGateway(r.SocketPath(), testbed.GatewayOptions{})
 			defer g.Close()

@@ -58,10 +58,21 @@ type Redis struct {
 	// MinIdleConns is the number of connections per node kept open so that
 	// requests do not pay for a dial. If zero, 4; -1 keeps none.
 	MinIdleConns int `yaml:"min_idle_conns"`
-	// AutoPipeline lets concurrent decisions share Redis round trips
-	// (go-redis's auto-pipelining: commands issued at the same time are
-	// written as one pipeline). If unset, true.
-	AutoPipeline *bool `yaml:"auto_pipeline"`
+	// Pipeline lets concurrent decisions share Redis round trips: the
+	// plugin's batcher sends whatever decisions are queued at the moment
+	// as one pipeline (a lone decision goes out at once, never waiting for
+	// company). If false, each decision is its own EVALSHA on the
+	// request's goroutine. If unset, true.
+	Pipeline *bool `yaml:"pipeline"`
+	// PipelineWorkers is the number of batcher goroutines, each with at
+	// most one round trip in flight (per node in Cluster). If zero, 4.
+	PipelineWorkers int `yaml:"pipeline_workers"`
+	// PipelineMaxBatch caps the decisions in one round trip. If zero, 64.
+	PipelineMaxBatch int `yaml:"pipeline_max_batch"`
+	// PipelineQueue bounds the decisions waiting for a worker; when it is
+	// full a decision fails at once (degraded, counted in
+	// apisix_edge_ratelimit_batcher_dropped_total). If zero, 1024.
+	PipelineQueue int `yaml:"pipeline_queue"`
 	// Breaker is the circuit breaker around Redis.
 	Breaker RedisBreaker `yaml:"breaker"`
 	// OverrideCacheTTL is how long a tenant's override (or its absence) read
@@ -133,8 +144,8 @@ var RedisModes = []string{"standalone", "sentinel", "cluster"}
 // (the plugin adds its own hash tags).
 var keyPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.:\-/]{1,64}$`)
 
-// AutoPipelineOn reports whether auto-pipelining is enabled.
-func (x *Redis) AutoPipelineOn() bool { return x.AutoPipeline == nil || *x.AutoPipeline }
+// PipelineOn reports whether decisions are batched into pipelines.
+func (x *Redis) PipelineOn() bool { return x.Pipeline == nil || *x.Pipeline }
 
 func (x *Redis) applyDefaults() {
 	if x.Mode == "" {
@@ -157,6 +168,15 @@ func (x *Redis) applyDefaults() {
 	}
 	if x.MinIdleConns == 0 {
 		x.MinIdleConns = 4
+	}
+	if x.PipelineWorkers == 0 {
+		x.PipelineWorkers = 4
+	}
+	if x.PipelineMaxBatch == 0 {
+		x.PipelineMaxBatch = 64
+	}
+	if x.PipelineQueue == 0 {
+		x.PipelineQueue = 1024
 	}
 	b := &x.Breaker
 	if b.ConsecutiveFailures == 0 {
@@ -244,6 +264,15 @@ func (x *Redis) validate() []error {
 	}
 	if x.MinIdleConns < -1 || x.MinIdleConns > x.PoolSize {
 		bad("min_idle_conns", "must be -1 (none) or between 1 and pool_size (%d), got %d", x.PoolSize, x.MinIdleConns)
+	}
+	if x.PipelineWorkers < 1 || x.PipelineWorkers > 256 {
+		bad("pipeline_workers", "must be between 1 and 256, got %d", x.PipelineWorkers)
+	}
+	if x.PipelineMaxBatch < 1 || x.PipelineMaxBatch > 1024 {
+		bad("pipeline_max_batch", "must be between 1 and 1024, got %d", x.PipelineMaxBatch)
+	}
+	if x.PipelineQueue < 1 || x.PipelineQueue > 1000000 {
+		bad("pipeline_queue", "must be between 1 and 1000000, got %d", x.PipelineQueue)
 	}
 	b := x.Breaker
 	if b.ConsecutiveFailures < 1 {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +22,11 @@ func TestRedisSection(t *testing.T) {
 			if r.Timeout.D() != 20*time.Millisecond || r.DialTimeout.D() != 250*time.Millisecond {
 				return "got timeouts " + r.Timeout.String() + " " + r.DialTimeout.String()
 			}
-			if r.PoolSize != 64 || r.MinIdleConns != 4 || !r.AutoPipelineOn() || r.KeyPrefix != "edge:rl:" {
+			if r.PoolSize != 64 || r.MinIdleConns != 4 || !r.PipelineOn() || r.KeyPrefix != "edge:rl:" {
 				return "pool, pipelining or prefix defaults not applied"
+			}
+			if r.PipelineWorkers != 4 || r.PipelineMaxBatch != 64 || r.PipelineQueue != 1024 {
+				return fmt.Sprintf("got pipeline workers %d max batch %d queue %d, want 4 64 1024", r.PipelineWorkers, r.PipelineMaxBatch, r.PipelineQueue)
 			}
 			b := r.Breaker
 			if b.ConsecutiveFailures != 5 || b.FailureRatio != 0.5 || b.MinRequests != 20 ||
@@ -44,13 +48,19 @@ redis:
   password: ${RPW}
   db: 2
   tls: {enabled: true, ca_file: /etc/ca.pem, server_name: redis.internal}
-  auto_pipeline: false
+  pipeline: false
+  pipeline_workers: 2
+  pipeline_max_batch: 16
+  pipeline_queue: 100
 `, env: map[string]string{"SPW": "s3", "RPW": "r3"}, check: func(r *Redis) string {
 			if r.SentinelPassword != "s3" || r.Password != "r3" || r.Username != "limiter" || r.DB != 2 {
 				return "credentials not read"
 			}
-			if !r.TLS.Enabled || r.TLS.ServerName != "redis.internal" || r.AutoPipelineOn() {
-				return "tls or auto_pipeline not read"
+			if !r.TLS.Enabled || r.TLS.ServerName != "redis.internal" || r.PipelineOn() {
+				return "tls or pipeline not read"
+			}
+			if r.PipelineWorkers != 2 || r.PipelineMaxBatch != 16 || r.PipelineQueue != 100 {
+				return "pipeline settings not read"
 			}
 			return ""
 		}},
@@ -76,6 +86,11 @@ redis:
 		{name: "sentinel password outside sentinel mode", doc: "redis:\n  sentinel_password: x\n", wantErr: []string{"redis.sentinel_password: is only used in sentinel mode"}},
 		{name: "unknown key named with its path", doc: "redis:\n  breaker:\n    open_timout: 1s\n", wantErr: []string{"redis.breaker.open_timout: unknown key"}},
 		{name: "min idle above pool", doc: "redis:\n  pool_size: 2\n  min_idle_conns: 3\n", wantErr: []string{"redis.min_idle_conns: must be -1 (none) or between 1 and pool_size (2), got 3"}},
+		{name: "pipeline bounds", doc: "redis:\n  pipeline_workers: 300\n  pipeline_max_batch: -1\n  pipeline_queue: 2000000\n", wantErr: []string{
+			"redis.pipeline_workers: must be between 1 and 256, got 300",
+			"redis.pipeline_max_batch: must be between 1 and 1024, got -1",
+			"redis.pipeline_queue: must be between 1 and 1000000, got 2000000"}},
+		{name: "auto_pipeline is gone", doc: "redis:\n  auto_pipeline: true\n", wantErr: []string{"redis.auto_pipeline: unknown key"}},
 		{name: "several problems at once", doc: "redis:\n  pool_size: -1\n  local_max_keys: -5\n", wantErr: []string{"redis.pool_size", "redis.local_max_keys"}},
 	}
 	for _, tt := range tests {

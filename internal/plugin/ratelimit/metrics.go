@@ -18,6 +18,12 @@ const (
 
 var outcomes = []string{outAllowed, outRejected, outRejectedCached, outDegradedOpen, outDegradedClosed, outLocalAllowed, outLocalRejected}
 
+// The reasons of apisix_edge_ratelimit_batcher_dropped_total.
+const (
+	dropQueueFull    = "queue_full"    // the batcher's queue was full: failed at once
+	dropQueueTimeout = "queue_timeout" // still queued at the caller's deadline: never sent
+)
+
 // The results of apisix_edge_ratelimit_tenant_override_lookups_total.
 const (
 	lookupCacheHit = "cache_hit" // a fresh cached answer (an override or none)
@@ -27,14 +33,16 @@ const (
 )
 
 type metrics struct {
-	decisions   map[string]prometheus.Counter
-	decisionVec *prometheus.CounterVec
-	redisOK     prometheus.Observer
-	redisErr    prometheus.Observer
-	breaker     prometheus.Gauge
-	transitions *prometheus.CounterVec
-	fallbacks   prometheus.Counter
-	lookups     map[string]prometheus.Counter
+	decisions    map[string]prometheus.Counter
+	decisionVec  *prometheus.CounterVec
+	redisOK      prometheus.Observer
+	redisErr     prometheus.Observer
+	breaker      prometheus.Gauge
+	transitions  *prometheus.CounterVec
+	fallbacks    prometheus.Counter
+	lookups      map[string]prometheus.Counter
+	batchSize    prometheus.Observer
+	batcherDrops map[string]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -44,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}, []string{"outcome"})
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: core.Namespace, Name: "ratelimit_redis_seconds",
-		Help:    "Latency of the rate limiter's Redis calls, by result (ok, error).",
+		Help:    "Latency of the rate limiter's Redis calls as the request sees it (waiting in the batcher included), by result (ok, error).",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .02, .05, .1, .25},
 	}, []string{"result"})
 	breaker := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -63,12 +71,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Namespace: core.Namespace, Name: "ratelimit_tenant_override_lookups_total",
 		Help: "Tenant override lookups by result: cache_hit, redis, stale (last known value used), none (no value known; the conf applies).",
 	}, []string{"result"})
-	reg.MustRegister(decisions, latency, breaker, transitions, fallbacks, lookups)
+	batch := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: core.Namespace, Name: "ratelimit_redis_batch_size",
+		Help:    "Decisions sent to Redis per round trip by the batcher (1: a lone decision, more: a pipeline).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+	})
+	drops := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_batcher_dropped_total",
+		Help: "Decisions the batcher could not send to Redis, by reason: queue_full (failed at once), queue_timeout (still queued at the deadline). Each is also a degraded decision.",
+	}, []string{"reason"})
+	reg.MustRegister(decisions, latency, breaker, transitions, fallbacks, lookups, batch, drops)
 	m := &metrics{
 		decisions: map[string]prometheus.Counter{}, decisionVec: decisions,
 		redisOK: latency.WithLabelValues("ok"), redisErr: latency.WithLabelValues("error"),
 		breaker: breaker, transitions: transitions, fallbacks: fallbacks,
-		lookups: map[string]prometheus.Counter{},
+		lookups:   map[string]prometheus.Counter{},
+		batchSize: batch, batcherDrops: map[string]prometheus.Counter{},
+	}
+	for _, d := range []string{dropQueueFull, dropQueueTimeout} {
+		m.batcherDrops[d] = drops.WithLabelValues(d)
 	}
 	// Every label value exists from the start, so that alert expressions
 	// (rate(...)) see zeros instead of absent series.

@@ -63,8 +63,8 @@ func (o *overrides) get(name, tenant string) (override, bool) {
 		fields = append(fields, name+"/"+tenant)
 	}
 	key := o.r.cfg.KeyPrefix + overridesKey
-	res, err := o.r.call(func(ctx context.Context) (any, error) {
-		return o.r.hmget(ctx, key, fields...).Result()
+	res, err := o.r.callCtx(func(ctx context.Context) (any, error) {
+		return o.r.client.HMGet(ctx, key, fields...).Result()
 	})
 	if err != nil {
 		if cached {

@@ -51,9 +51,7 @@ type RateLimit struct {
 	now    func() time.Time
 	clock  bool // pass the runner's time to the script instead of Redis'
 	client redis.UniversalClient
-	cmd    redis.Scripter // the client, or its auto-pipeliner
-	hmget  func(ctx context.Context, key string, fields ...string) *redis.SliceCmd
-	closer func() error
+	batch  *batcher // nil with redis.pipeline false: one EVALSHA per decision
 	cb     *gobreaker.CircuitBreaker[any]
 	met    *metrics
 	back   *core.Backend
@@ -98,9 +96,6 @@ func New(cfg config.Redis, deps core.Deps, opts ...Option) (*RateLimit, error) {
 		deps:   deps,
 		now:    time.Now,
 		client: client,
-		cmd:    client,
-		hmget:  client.HMGet,
-		closer: client.Close,
 		met:    newMetrics(deps.Metrics),
 		back:   deps.Status.Backend(BackendName),
 		over:   newOverLimit(cfg.LocalMaxKeys),
@@ -113,15 +108,6 @@ func New(cfg config.Redis, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	// go-redis logs pool failures (one line per failed dial) on stderr,
 	// which APISIX copies into error.log: fold them into the throttle.
 	redis.SetLogger(goRedisLog{deps.Throttle})
-	if cfg.AutoPipelineOn() {
-		ap, err := client.AutoPipeline()
-		if err != nil {
-			_ = client.Close()
-			return nil, fmt.Errorf("new ratelimit: auto-pipeline: %w", err)
-		}
-		r.cmd, r.hmget = ap, ap.HMGet
-		r.closer = func() error { return errors.Join(ap.Close(), client.Close()) }
-	}
 	for _, o := range opts {
 		o(r)
 	}
@@ -146,7 +132,11 @@ func New(cfg config.Redis, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	r.back.SetDetail("mode", cfg.Mode)
 	r.back.SetDetail("addrs", cfg.Addrs)
 	r.back.SetDetail("breaker", "closed")
-	r.back.SetDetail("auto_pipeline", cfg.AutoPipelineOn())
+	r.back.SetDetail("pipeline", cfg.PipelineOn())
+	if cfg.PipelineOn() {
+		// Goroutines only: they wait on the queue and dial nothing.
+		r.batch = newBatcher(client, cfg.Timeout.D(), cfg.PipelineWorkers, cfg.PipelineMaxBatch, cfg.PipelineQueue, r.met)
+	}
 	deps.Status.Plugin(PluginName, r.statusCounters)
 	return r, nil
 }
@@ -199,9 +189,13 @@ func (r *RateLimit) loadScript(ctx context.Context) error {
 	return slidingLog.Load(ctx, r.client).Err()
 }
 
-// Shutdown closes the Redis client.
+// Shutdown stops the batcher's workers (after their round trips, each
+// bounded by redis.timeout) and closes the Redis client.
 func (r *RateLimit) Shutdown(context.Context) error {
-	if err := r.closer(); err != nil {
+	if r.batch != nil {
+		r.batch.close()
+	}
+	if err := r.client.Close(); err != nil {
 		return fmt.Errorf("shutdown ratelimit: %w", err)
 	}
 	return nil
@@ -313,24 +307,39 @@ func (r *RateLimit) eval(key string, limit int, window time.Duration, now time.T
 		nowArg = strconv.FormatInt(now.UnixMilli(), 10)
 	}
 	member := r.member + strconv.FormatUint(r.seq.Add(1), 36)
-	res, err := r.call(func(ctx context.Context) (any, error) {
-		return slidingLog.Run(ctx, r.cmd, []string{key}, limit, window.Milliseconds(), member, nowArg).Result()
-	})
+	keys, args := []string{key}, []any{limit, window.Milliseconds(), member, nowArg}
+	var res any
+	var err error
+	if r.batch != nil {
+		// The batcher holds the deadline: each caller waits on its own timer.
+		res, err = r.call(func() (any, error) { return r.batch.do(keys, args) })
+	} else {
+		res, err = r.callCtx(func(ctx context.Context) (any, error) {
+			return slidingLog.Run(ctx, r.client, keys, args...).Result()
+		})
+	}
 	if err != nil {
 		return verdict{}, err
 	}
 	return parseVerdict(res)
 }
 
-// call runs one Redis call through the breaker with its own deadline and
-// records its latency and the backend state.
-func (r *RateLimit) call(fn func(ctx context.Context) (any, error)) (any, error) {
-	var start time.Time
-	res, err := r.cb.Execute(func() (any, error) {
+// callCtx is call for a direct Redis call, given its own deadline.
+func (r *RateLimit) callCtx(fn func(ctx context.Context) (any, error)) (any, error) {
+	return r.call(func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
 		defer cancel()
+		return fn(ctx)
+	})
+}
+
+// call runs one Redis call, which must return within redis.timeout,
+// through the breaker and records its latency and the backend state.
+func (r *RateLimit) call(fn func() (any, error)) (any, error) {
+	var start time.Time
+	res, err := r.cb.Execute(func() (any, error) {
 		start = time.Now()
-		v, err := fn(ctx)
+		v, err := fn()
 		if err == redis.Nil {
 			err = nil
 		}
@@ -348,6 +357,9 @@ func (r *RateLimit) call(fn func(ctx context.Context) (any, error)) (any, error)
 		}
 	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
 		// no Redis round trip was made
+	case errors.Is(err, errOverloaded):
+		// not sent: the runner, not Redis, was short of capacity
+		r.deps.Throttle.Warn("ratelimit:batcher", "ratelimit: redis batcher overloaded: decisions follow each route's fail_mode", err)
 	default:
 		r.met.redisErr.Observe(time.Since(start).Seconds())
 		r.failing.Store(true)
@@ -517,5 +529,22 @@ func (r *RateLimit) statusCounters() any {
 		"over_limit_cached": r.over.len(),
 		"local_keys":        r.local.len(),
 		"tenant_overrides":  r.tenant.len(),
+		"batcher":           r.batcherCounters(),
+	}
+}
+
+// batcherCounters are the batcher's facts in /status (nil when off).
+func (r *RateLimit) batcherCounters() any {
+	b := r.batch
+	if b == nil {
+		return nil
+	}
+	return map[string]int64{
+		"round_trips":      b.stats.roundTrips.Load(),
+		"decisions_sent":   b.stats.sent.Load(),
+		"queue_full":       b.stats.queueFull.Load(),
+		"queue_timeout":    b.stats.queueTimeout.Load(),
+		"noscript_retries": b.stats.noscript.Load(),
+		"queued":           int64(len(b.queue)),
 	}
 }

@@ -85,9 +85,9 @@ func TestExactnessAndSliding(t *testing.T) {
 func TestConcurrentExactness(t *testing.T) {
 	rd := backing.MustRedis(t, backing.RedisOptions{})
 	for _, pipe := range []bool{true, false} {
-		t.Run(fmt.Sprintf("auto_pipeline=%v", pipe), func(t *testing.T) {
+		t.Run(fmt.Sprintf("pipeline=%v", pipe), func(t *testing.T) {
 			e := newEnv(t, redisCfg(t, rd.Addr(), func(r *config.Redis) {
-				r.AutoPipeline = &pipe
+				r.Pipeline = &pipe
 				r.Timeout = core.Duration(2 * time.Second) // exactness, not speed, under -race
 			}))
 			c := mustConf(t, `{"limit":100,"window":"1m","key":"header:X-Key","name":"conc-`+strconv.FormatBool(pipe)+`"}`)

@@ -1,0 +1,273 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// The batcher lets concurrent decisions share Redis round trips. A few
+// worker goroutines each take whatever decisions are queued right now (up
+// to maxBatch; never waiting for more, so a lone decision goes out at
+// once) and send them as one pipeline of EVALSHA. Every caller waits for
+// its own answer on its own timer, so no decision waits longer than
+// redis.timeout whatever its batch does; a late answer is dropped.
+//
+// Why not go-redis's AutoPipeline (v9.23, experimental): measured here it
+// cost latency at low concurrency (p50 269 µs against 162 µs unpipelined
+// at c=1) and throughput at every level, and callers were seen waiting
+// well past their deadline while Redis was frozen. rueidis would have
+// meant a second Redis client for one plugin.
+//
+// A decision the batcher cannot send (queue full, or still queued at its
+// deadline) is a local overload, not evidence about Redis: it does not
+// count against the breaker, unless no round trip has come back for a
+// whole timeout while one is in flight (Redis frozen or unreachable, the
+// workers stuck), when it does.
+
+const (
+	reqQueued    int32 = iota // in the queue, no worker has it yet
+	reqTaken                  // a worker took it: it is (being) sent
+	reqAbandoned              // its caller gave up before a worker took it
+)
+
+// evalReq is one decision handed to the batcher.
+type evalReq struct {
+	keys     []string
+	args     []any
+	deadline time.Time
+	state    atomic.Int32
+	done     chan evalResult // buffered: a worker never blocks on a caller
+}
+
+type evalResult struct {
+	reply any
+	err   error
+}
+
+// Errors of decisions the batcher could not send. errOverloaded marks the
+// ones the breaker ignores (see isAvailabilityError).
+var (
+	errOverloaded = errors.New("local overload")
+	errQueueFull  = fmt.Errorf("redis batcher: queue full: %w", errOverloaded)
+	errQueueWait  = fmt.Errorf("redis batcher: not sent before the deadline, workers busy: %w", errOverloaded)
+	errStalled    = errors.New("redis batcher: not sent before the deadline, no reply from redis for a whole timeout")
+)
+
+type batcherStats struct {
+	roundTrips   atomic.Int64 // pipelines (or single calls) sent
+	sent         atomic.Int64 // decisions sent
+	queueFull    atomic.Int64
+	queueTimeout atomic.Int64
+	noscript     atomic.Int64 // round trips that had to retry with EVAL
+}
+
+type batcher struct {
+	client   redis.UniversalClient
+	sha      string
+	timeout  time.Duration
+	maxBatch int
+	queue    chan *evalReq
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+	errLate  error // sent, no answer within timeout (counts against Redis)
+
+	base      time.Time
+	lastReply atomic.Int64 // ns since base of the last round trip Redis answered
+	busy      atomic.Int32 // workers with a round trip in flight
+	stats     batcherStats
+	size      prometheus.Observer
+	drops     map[string]prometheus.Counter
+}
+
+func newBatcher(client redis.UniversalClient, timeout time.Duration, workers, maxBatch, queue int, met *metrics) *batcher {
+	b := &batcher{
+		client:   client,
+		sha:      slidingLog.Hash(),
+		timeout:  timeout,
+		maxBatch: maxBatch,
+		queue:    make(chan *evalReq, queue),
+		stop:     make(chan struct{}),
+		errLate:  fmt.Errorf("redis eval: no reply within %s: %w", timeout, context.DeadlineExceeded),
+		base:     time.Now(),
+		size:     met.batchSize,
+		drops:    met.batcherDrops,
+	}
+	for range workers {
+		b.wg.Add(1)
+		go b.run()
+	}
+	return b
+}
+
+// close stops the workers once their round trips are over (each bounded
+// by the timeout). Decisions queued after it fail at their deadline.
+func (b *batcher) close() {
+	b.stopOnce.Do(func() { close(b.stop) })
+	b.wg.Wait()
+}
+
+func (b *batcher) mono() int64 { return int64(time.Since(b.base)) }
+
+// do queues one decision and waits for its reply until the timeout.
+func (b *batcher) do(keys []string, args []any) (any, error) {
+	req := &evalReq{keys: keys, args: args, deadline: time.Now().Add(b.timeout), done: make(chan evalResult, 1)}
+	select {
+	case b.queue <- req:
+	default:
+		b.stats.queueFull.Add(1)
+		b.drops[dropQueueFull].Inc()
+		return nil, b.notSent(errQueueFull)
+	}
+	t := time.NewTimer(b.timeout)
+	defer t.Stop()
+	select {
+	case res := <-req.done:
+		return res.reply, res.err
+	case <-t.C:
+	}
+	if req.state.CompareAndSwap(reqQueued, reqAbandoned) {
+		// No worker took it: it will never be sent.
+		b.stats.queueTimeout.Add(1)
+		b.drops[dropQueueTimeout].Inc()
+		return nil, b.notSent(errQueueWait)
+	}
+	select { // an answer that arrived with the timer
+	case res := <-req.done:
+		return res.reply, res.err
+	default:
+		return nil, b.errLate
+	}
+}
+
+// notSent tells a local overload (the breaker ignores it) from workers
+// stuck on a Redis that does not answer (it counts).
+func (b *batcher) notSent(err error) error {
+	if b.busy.Load() > 0 && time.Duration(b.mono()-b.lastReply.Load()) > b.timeout {
+		return errStalled
+	}
+	return err
+}
+
+func (b *batcher) run() {
+	defer b.wg.Done()
+	batch := make([]*evalReq, 0, b.maxBatch)
+	cmds := make([]*redis.Cmd, 0, b.maxBatch)
+	for {
+		select {
+		case req := <-b.queue:
+			if req.state.CompareAndSwap(reqQueued, reqTaken) {
+				batch = append(batch, req)
+			}
+		case <-b.stop:
+			return
+		}
+		// Whatever else is queued right now; never wait for more.
+	drain:
+		for len(batch) < b.maxBatch {
+			select {
+			case req := <-b.queue:
+				if req.state.CompareAndSwap(reqQueued, reqTaken) {
+					batch = append(batch, req)
+				}
+			default:
+				break drain
+			}
+		}
+		if len(batch) > 0 {
+			cmds = b.send(batch, cmds[:0])
+		}
+		clear(batch)
+		batch = batch[:0]
+		clear(cmds)
+	}
+}
+
+// send makes one round trip for batch (a plain EVALSHA for one decision, a
+// pipeline for more; go-redis splits a Cluster pipeline by node), retries
+// the NOSCRIPT ones with EVAL, which also loads the script, and hands each
+// caller its reply.
+func (b *batcher) send(batch []*evalReq, cmds []*redis.Cmd) []*redis.Cmd {
+	deadline := batch[0].deadline
+	for _, r := range batch[1:] {
+		if r.deadline.After(deadline) {
+			deadline = r.deadline
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	b.busy.Add(1)
+	defer b.busy.Add(-1)
+	b.stats.roundTrips.Add(1)
+	b.stats.sent.Add(int64(len(batch)))
+	b.size.Observe(float64(len(batch)))
+	cmds = b.exec(ctx, batch, cmds, false)
+	var retry []int
+	for i, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			retry = append(retry, i)
+		}
+	}
+	if len(retry) > 0 {
+		b.stats.noscript.Add(1)
+		sub := make([]*evalReq, len(retry))
+		for j, i := range retry {
+			sub[j] = batch[i]
+		}
+		again := b.exec(ctx, sub, nil, true)
+		for j, i := range retry {
+			cmds[i] = again[j]
+		}
+	}
+	for i, c := range cmds {
+		reply, err := c.Result()
+		batch[i].done <- evalResult{reply: reply, err: err}
+	}
+	return cmds
+}
+
+// exec sends batch as EVALSHA (or EVAL) commands in one round trip and
+// notes whether Redis answered.
+func (b *batcher) exec(ctx context.Context, batch []*evalReq, cmds []*redis.Cmd, eval bool) []*redis.Cmd {
+	if len(batch) == 1 {
+		r := batch[0]
+		var c *redis.Cmd
+		if eval {
+			c = b.client.Eval(ctx, slidingLogSrc, r.keys, r.args...)
+		} else {
+			c = b.client.EvalSha(ctx, b.sha, r.keys, r.args...)
+		}
+		cmds = append(cmds, c)
+	} else {
+		pipe := b.client.Pipeline()
+		for _, r := range batch {
+			if eval {
+				cmds = append(cmds, pipe.Eval(ctx, slidingLogSrc, r.keys, r.args...))
+			} else {
+				cmds = append(cmds, pipe.EvalSha(ctx, b.sha, r.keys, r.args...))
+			}
+		}
+		_, _ = pipe.Exec(ctx) // each command carries its own error
+	}
+	for _, c := range cmds {
+		if answered(c.Err()) {
+			b.lastReply.Store(b.mono())
+			break
+		}
+	}
+	return cmds
+}
+
+// answered tells whether err (of one command) came back from Redis: a
+// reply, or an error reply such as NOSCRIPT or OOM.
+func answered(err error) bool {
+	var re redis.Error
+	return err == nil || err == redis.Nil || errors.As(err, &re)
+}
