@@ -12,6 +12,7 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/go-runner ./cmd/go-runner
 	$(GO) build -trimpath -o $(BIN)/edgebench ./cmd/edgebench
 	$(GO) build -trimpath -o $(BIN)/edgedemo ./cmd/edgedemo
+	$(GO) build -trimpath -o $(BIN)/edgeperf ./cmd/edgeperf
 
 deps:
 	@scripts/deps.sh
@@ -27,9 +28,14 @@ test: deps
 run: build
 	@scripts/demo.sh
 
-# The no-op baseline at concurrency 1, 8 and 64 (bounded: 3 s per level).
-bench: build
-	$(BIN)/edgebench -spawn $(BIN)/go-runner -runner-config conf/config.yaml -c 1,8,64 -d 3s
+# The performance report, in one run: the no-op chain, each plugin alone,
+# all three, the plugins with their backend down, jwtcache hits and misses,
+# at concurrency 1, 8 and 64 as ratios to the no-op chain; the physical
+# limits (redis-benchmark of the limiter's script, a bare ClickHouse batch
+# insert, bare RSA verification); the Go micro-benchmarks. Writes
+# docs/benchmarks.md (about 4 minutes; bounded).
+bench: build deps
+	$(BIN)/edgeperf -runner $(BIN)/go-runner -out docs/benchmarks.md
 
 # staticcheck comes through the Go module proxy, pinned (its module version
 # v0.8.2 is release 2026.2.2, which knows Go 1.26).

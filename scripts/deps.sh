@@ -10,6 +10,7 @@ have redis-server      || need+=(redis-server)
 have redis-sentinel    || need+=(redis-sentinel)
 have clickhouse-server || need+=(clickhouse-server)
 have promtool          || need+=(prometheus)
+have redis-benchmark   || need+=(redis-tools)   # make bench: the limiter script's physical limit
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "deps: installing ${need[*]} from Debian packages" >&2
