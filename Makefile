@@ -4,7 +4,7 @@ BIN      := bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test deps bench lint clean
+.PHONY: all build run test deps bench chaos lint clean
 
 all: build
 
@@ -13,6 +13,7 @@ build:
 	$(GO) build -trimpath -o $(BIN)/edgebench ./cmd/edgebench
 	$(GO) build -trimpath -o $(BIN)/edgedemo ./cmd/edgedemo
 	$(GO) build -trimpath -o $(BIN)/edgeperf ./cmd/edgeperf
+	$(GO) build -trimpath -o $(BIN)/edgechaos ./cmd/edgechaos
 
 deps:
 	@scripts/deps.sh
@@ -36,6 +37,13 @@ run: build
 # docs/benchmarks.md (about 4 minutes; bounded).
 bench: build deps
 	$(BIN)/edgeperf -runner $(BIN)/go-runner -out docs/benchmarks.md
+
+# The resilience matrix under load: every fault scenario against the real
+# binary and real servers, bounded in time (about 5 minutes); exits
+# non-zero on a failed verdict. `make test` runs the short version
+# (internal/chaos). docs/resilience.md holds the last full run.
+chaos: build deps
+	$(BIN)/edgechaos -runner $(BIN)/go-runner
 
 # staticcheck comes through the Go module proxy, pinned (its module version
 # v0.8.2 is release 2026.2.2, which knows Go 1.26).

@@ -38,6 +38,36 @@ type LoadOptions struct {
 	Interval time.Duration
 	// RequestTimeout bounds each Do call. Zero: only the Gateway timeouts.
 	RequestTimeout time.Duration
+	// Rate paces the run at about this many requests per second in total,
+	// spread evenly over the workers (each waits for its next slot and does
+	// not catch up on missed ones). Zero: closed loop, each worker sends its
+	// next request as soon as the previous one is answered.
+	Rate float64
+	// Stop, if set, ends the run when closed: workers send no new request
+	// and the requests in flight finish and are counted (cancelling ctx
+	// instead interrupts them).
+	Stop <-chan struct{}
+	// OnResult, if set, is called after every counted request with what it
+	// sent and got (for per-phase accounting by a caller). It runs on the
+	// worker's goroutine, concurrently with other workers, so it must be
+	// safe for concurrent use and quick: its time delays the worker's next
+	// request but is not part of the measured latency.
+	OnResult func(LoadResult)
+}
+
+// LoadResult is one request of a Load run, as given to OnResult.
+type LoadResult struct {
+	Worker int
+	// Index is the request number passed to NewRequest.
+	Index   int
+	Request *Request
+	// Start is when Do was called; Latency is how long it took.
+	Start   time.Time
+	Latency time.Duration
+	// Result is what Do returned (nil when Err is set and Do gave none).
+	Result *Result
+	// Err is the error Do returned, or nil.
+	Err error
 }
 
 // LatencyStats summarizes request latencies.
@@ -143,9 +173,41 @@ func Load(ctx context.Context, opts LoadOptions) (*LoadReport, error) {
 }
 
 func loadWorker(ctx context.Context, o *LoadOptions, w int, ws *workerStats, start, end time.Time, next *atomic.Int64) {
+	var every time.Duration
+	slot := start
+	if o.Rate > 0 {
+		every = time.Duration(float64(o.Concurrency) / o.Rate * float64(time.Second))
+		// stagger the workers over one period so that they don't fire together
+		slot = start.Add(every * time.Duration(w) / time.Duration(o.Concurrency))
+	}
 	for {
+		if every > 0 {
+			if d := time.Until(slot); d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-o.Stop: // a nil channel never fires
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
+			slot = slot.Add(every)
+			if now := time.Now(); slot.Before(now) {
+				slot = now // behind: no burst to catch up
+			}
+		}
 		if ctx.Err() != nil || (!end.IsZero() && !time.Now().Before(end)) {
 			return
+		}
+		if o.Stop != nil {
+			select {
+			case <-o.Stop:
+				return
+			default:
+			}
 		}
 		i := next.Add(1) - 1
 		if o.Requests > 0 && i >= int64(o.Requests) {
@@ -162,6 +224,9 @@ func loadWorker(ctx context.Context, o *LoadOptions, w int, ws *workerStats, sta
 		cancel()
 		if err != nil && ctx.Err() != nil {
 			return // interrupted by the caller, not a result
+		}
+		if o.OnResult != nil {
+			o.OnResult(LoadResult{Worker: w, Index: int(i), Request: req, Start: t0, Latency: lat, Result: res, Err: err})
 		}
 		ws.requests++
 		ws.hist.record(lat)

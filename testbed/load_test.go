@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,5 +85,77 @@ func TestLoadCountsErrors(t *testing.T) {
 	}
 	if _, err := testbed.Load(context.Background(), testbed.LoadOptions{}); err == nil {
 		t.Errorf("Load without gateway: got nil error, want an error")
+	}
+}
+
+// TestLoadRateAndOnResult: OnResult sees every counted request exactly once
+// with its index, and Rate paces the run instead of a closed loop.
+func TestLoadRateAndOnResult(t *testing.T) {
+	r := startFixture(t, testbed.RunnerOptions{})
+	g := newGateway(t, r, testbed.GatewayOptions{})
+	route := &testbed.Route{ID: "rate", PreReq: []testbed.PluginConf{}}
+	var mu sync.Mutex
+	seen := map[int]int{}
+	var withResult int
+	rep, err := testbed.Load(context.Background(), testbed.LoadOptions{
+		Gateway: g, Route: route, Concurrency: 4, Duration: 500 * time.Millisecond, Rate: 200,
+		OnResult: func(lr testbed.LoadResult) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen[lr.Index]++
+			if lr.Result != nil && lr.Err == nil && lr.Request != nil && lr.Latency > 0 && !lr.Start.IsZero() {
+				withResult++
+			}
+		},
+	})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if int64(len(seen)) != rep.Requests || int64(withResult) != rep.Requests {
+		t.Errorf("OnResult: got %d distinct indexes, %d complete results, want %d each", len(seen), withResult, rep.Requests)
+	}
+	for i, n := range seen {
+		if n != 1 {
+			t.Errorf("OnResult: index %d seen %d times, want 1", i, n)
+		}
+	}
+	// 200/s for 0.5 s is about 100 requests; a closed loop would send
+	// thousands. The bounds are loose: pacing is what is tested, not timing.
+	if rep.Requests < 20 || rep.Requests > 400 {
+		t.Errorf("paced requests: got %d, want about 100 (20..400)", rep.Requests)
+	}
+}
+
+// TestLoadStop: closing Stop ends a long run early, with no error and
+// every request counted.
+func TestLoadStop(t *testing.T) {
+	r := startFixture(t, testbed.RunnerOptions{})
+	g := newGateway(t, r, testbed.GatewayOptions{})
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var seen int64
+	done := make(chan struct{})
+	var rep *testbed.LoadReport
+	var err error
+	go func() {
+		defer close(done)
+		rep, err = testbed.Load(context.Background(), testbed.LoadOptions{
+			Gateway: g, Route: &testbed.Route{ID: "stop", PreReq: []testbed.PluginConf{}},
+			Concurrency: 3, Duration: time.Hour, Stop: stop,
+			OnResult: func(testbed.LoadResult) { mu.Lock(); seen++; mu.Unlock() },
+		})
+	}()
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Load did not return after Stop was closed")
+	}
+	if err != nil {
+		t.Fatalf("Load: got error %v, want nil", err)
+	}
+	if rep.Requests == 0 || rep.Requests != seen || rep.Errors != 0 {
+		t.Errorf("got requests %d, OnResult calls %d, errors %d; want >0, equal, 0", rep.Requests, seen, rep.Errors)
 	}
 }
