@@ -314,7 +314,7 @@ func (r *run) killChecks() {
 			loggedBefore++
 		}
 	}
-	lost := r.res.Total.Logged - r.res.TableRows
+	lost := r.res.Total.Logged - r.res.DistinctRows
 	var bound2 int64
 	if p := r.preKill; p != nil {
 		pl := p.Plugins.Logger
@@ -323,7 +323,7 @@ func (r *run) killChecks() {
 			pl.Inserted, pl.Spooled, pl.dropped(), pl.QueueRows)
 	}
 	r.check("rows lost only from the killed runner's memory (never from the spool)", lost >= 0 && lost <= bound2,
-		"lost %d (logged %d, rows %d); at most %d were neither inserted nor spooled at the kill", lost, r.res.Total.Logged, r.res.TableRows, bound2)
+		"lost %d (logged %d, distinct rows %d); at most %d were neither inserted nor spooled at the kill", lost, r.res.Total.Logged, r.res.DistinctRows, bound2)
 	r.loggerRecovery()
 }
 

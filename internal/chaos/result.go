@@ -53,6 +53,10 @@ type Result struct {
 	// process), TableRows the rows in the scenario's ClickHouse table.
 	Log       loggerSnap `json:"log"`
 	TableRows int64      `json:"table_rows"`
+	// DistinctRows counts the distinct request ids in the table: rows
+	// written twice by a retried insert count once (delivery is at least
+	// once).
+	DistinctRows int64 `json:"distinct_rows"`
 	// JWTAccepted and JWTRejected are the runner's own counters (last
 	// runner process).
 	JWTAccepted, JWTRejected int64
@@ -121,6 +125,7 @@ func (r *run) judge(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	res.DistinctRows = int64(distinct)
 
 	r.rec.mu.Lock()
 	for msg, n := range r.rec.gwErrs {

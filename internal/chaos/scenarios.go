@@ -172,9 +172,9 @@ var scenarios = []*scenario{
 		judge: func(r *run) {
 			r.loggerChecks()
 			l := r.res.Log
-			missing := r.res.Total.Logged - r.res.TableRows
+			missing := r.res.Total.Logged - r.res.DistinctRows
 			r.check("missing rows = dropped + pending", missing == l.dropped()+l.pending(),
-				"logged %d − rows %d = %d; dropped %d, pending %d", r.res.Total.Logged, r.res.TableRows, missing, l.dropped(), l.pending())
+				"logged %d − distinct rows %d = %d; dropped %d, pending %d", r.res.Total.Logged, r.res.DistinctRows, missing, l.dropped(), l.pending())
 		},
 	},
 	{
@@ -302,8 +302,8 @@ var scenarios = []*scenario{
 			r.check(fmt.Sprintf("rate limiting stays Redis-backed through the reload (≤ %.0f%% degraded)", r.t.staysBacked*100),
 				float64(deg) <= r.t.staysBacked*float64(tot), "%d of %d degraded", deg, tot)
 			r.latencyCheck("p99 during the reload", r.res.Fault.P99)
-			r.check("no row lost: rows in ClickHouse = logged requests", r.res.TableRows == r.res.Total.Logged,
-				"rows %d, logged %d", r.res.TableRows, r.res.Total.Logged)
+			r.check("no row lost: distinct request ids in ClickHouse = logged requests", r.res.DistinctRows == r.res.Total.Logged,
+				"rows %d, logged %d", r.res.DistinctRows, r.res.Total.Logged)
 		},
 	},
 }
@@ -432,8 +432,8 @@ func (r *run) loggerRecovery() {
 // nothingLost: with the spool on, every logged request is a row.
 func (r *run) nothingLost() {
 	l := r.res.Log
-	r.check("nothing lost: rows in ClickHouse = logged requests, 0 dropped, spool drained",
-		r.res.TableRows == r.res.Total.Logged && l.dropped() == 0 && l.pending() == 0,
-		"rows %d, logged %d, dropped %d, pending %d, spooled %d, replayed %d",
-		r.res.TableRows, r.res.Total.Logged, l.dropped(), l.pending(), l.Spooled, l.Replayed)
+	r.check("nothing lost: distinct request ids in ClickHouse = logged requests, 0 dropped, spool drained",
+		r.res.DistinctRows == r.res.Total.Logged && l.dropped() == 0 && l.pending() == 0,
+		"distinct rows %d (table %d), logged %d, dropped %d, pending %d, spooled %d, replayed %d",
+		r.res.DistinctRows, r.res.TableRows, r.res.Total.Logged, l.dropped(), l.pending(), l.Spooled, l.Replayed)
 }
