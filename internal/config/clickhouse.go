@@ -34,7 +34,7 @@ type ClickHouse struct {
 	// list CLICKHOUSE_PASSWORD under nginx_config.envs in APISIX's config.
 	Password string `yaml:"password"`
 	// TLS secures the native connection. Off by default.
-	TLS ClickHouseTLS `yaml:"tls"`
+	TLS TLS `yaml:"tls"`
 	// DialTimeout bounds a connect and its handshake (clickhouse-go bounds
 	// them with this only, not with the insert's deadline). If zero, 1s.
 	DialTimeout core.Duration `yaml:"dial_timeout"`
@@ -84,25 +84,6 @@ type ClickHouse struct {
 	// counted (reason shutdown). If zero, 2s. Keep it below
 	// shutdown_timeout.
 	ShutdownFlush core.Duration `yaml:"shutdown_flush"`
-}
-
-// ClickHouseTLS is the tls subsection of clickhouse.
-type ClickHouseTLS struct {
-	// Enabled turns TLS on. If false (the default), the other keys are
-	// ignored.
-	Enabled bool `yaml:"enabled"`
-	// CAFile is a PEM bundle of the CAs that sign the server certificate.
-	// If empty, the system roots.
-	CAFile string `yaml:"ca_file"`
-	// CertFile and KeyFile are a PEM client certificate and its key, for
-	// servers that require one. If empty, none. Give both or neither.
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
-	// ServerName overrides the name checked in the server certificate. If
-	// empty, the host of the address.
-	ServerName string `yaml:"server_name"`
-	// InsecureSkipVerify accepts any server certificate. For tests only.
-	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
 // ClickHouseRetries is the retries subsection of clickhouse.
@@ -237,9 +218,7 @@ func (x *ClickHouse) validate() []error {
 	if !ClickHouseIdentOK(x.Table) {
 		f("table", "must be letters, digits and '_', not starting with a digit, got %q", x.Table)
 	}
-	if x.TLS.Enabled && (x.TLS.CertFile == "") != (x.TLS.KeyFile == "") {
-		f("tls", "cert_file and key_file go together: give both or neither")
-	}
+	errs = append(errs, x.TLS.validate("clickhouse")...)
 	positive := func(key string, d core.Duration, limit time.Duration) {
 		if d <= 0 {
 			f(key, "must be > 0")

@@ -109,7 +109,7 @@ clickhouse:
 			`clickhouse.tenant_header: must be an HTTP header name, got "X Tenant"`,
 			`clickhouse.max_value_bytes: must be between 16 and 65536, got 8`,
 			`clickhouse.composite_var: must be an nginx variable name`,
-			`clickhouse.tls: cert_file and key_file go together`,
+			`clickhouse.tls.key_file: cert_file and key_file must be given together`,
 		}},
 		{name: "max_pending below batch_size", doc: "clickhouse:\n  batch_size: 500\n  max_pending: 100\n",
 			wantErr: []string{"clickhouse.max_pending: must be >= batch_size (500), got 100"}},

@@ -39,7 +39,7 @@ type Redis struct {
 	DB int `yaml:"db"`
 	// TLS encrypts the connections to the data nodes and the sentinels.
 	// Disabled by default.
-	TLS RedisTLS `yaml:"tls"`
+	TLS TLS `yaml:"tls"`
 	// KeyPrefix starts every key the plugin writes, so that the limiter can
 	// share a Redis with other users. If empty, "edge:rl:".
 	KeyPrefix string `yaml:"key_prefix"`
@@ -86,26 +86,6 @@ type Redis struct {
 	// known to be over their limit. Least recently used keys are dropped
 	// first. If zero, 100000 (about 10 MB each at most).
 	LocalMaxKeys int `yaml:"local_max_keys"`
-}
-
-// RedisTLS is redis.tls.
-type RedisTLS struct {
-	// Enabled turns TLS on. If false, plain TCP.
-	Enabled bool `yaml:"enabled"`
-	// CAFile is a PEM bundle of the CAs that sign the server certificates.
-	// If empty, the system roots.
-	CAFile string `yaml:"ca_file"`
-	// CertFile and KeyFile are a PEM client certificate and key, for
-	// servers that require one (tls-auth-clients). If empty, none. Give
-	// both or neither.
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
-	// ServerName is the name verified in the server certificate. If empty,
-	// the host of each address.
-	ServerName string `yaml:"server_name"`
-	// InsecureSkipVerify disables certificate verification. For tests
-	// only. If false, certificates are verified.
-	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
 // RedisBreaker is redis.breaker: when it opens, decisions take no Redis
@@ -244,12 +224,7 @@ func (x *Redis) validate() []error {
 	if x.Username != "" && x.Password == "" {
 		bad("password", "is required when username is set")
 	}
-	if (x.TLS.CertFile == "") != (x.TLS.KeyFile == "") {
-		bad("tls.key_file", "cert_file and key_file must be given together")
-	}
-	if !x.TLS.Enabled && (x.TLS.CAFile != "" || x.TLS.CertFile != "" || x.TLS.ServerName != "" || x.TLS.InsecureSkipVerify) {
-		bad("tls.enabled", "must be true when other tls settings are given")
-	}
+	errs = append(errs, x.TLS.validate("redis")...)
 	if !keyPrefixRe.MatchString(x.KeyPrefix) {
 		bad("key_prefix", "must be 1 to 64 characters of A-Z a-z 0-9 _ . : - /, got %q", x.KeyPrefix)
 	}

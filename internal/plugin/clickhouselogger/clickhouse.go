@@ -2,11 +2,8 @@ package clickhouselogger
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -97,9 +94,9 @@ func newClient(cfg config.ClickHouse) (*chClient, error) {
 		opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionZSTD}
 	}
 	if cfg.TLS.Enabled {
-		tc, err := tlsConfig(cfg.TLS)
+		tc, err := cfg.TLS.Config()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("clickhouse %w", err)
 		}
 		opts.TLS = tc
 	}
@@ -108,29 +105,6 @@ func newClient(cfg config.ClickHouse) (*chClient, error) {
 		return nil, fmt.Errorf("open clickhouse: %w", err)
 	}
 	return &chClient{cfg: cfg, conn: conn, created: map[string]bool{}}, nil
-}
-
-func tlsConfig(c config.ClickHouseTLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("clickhouse tls: ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("clickhouse tls: ca_file %s: no PEM certificate", c.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("clickhouse tls: cert_file/key_file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }
 
 func (c *chClient) close() {

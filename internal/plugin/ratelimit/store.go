@@ -2,11 +2,8 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/apisix-edge/edge-runner/internal/config"
@@ -94,9 +91,9 @@ func parseVerdict(v any) (verdict, error) {
 // not dial: connections are made by the pool in the background or on the
 // first call.
 func newClient(cfg config.Redis) (redis.UniversalClient, error) {
-	tlsConf, err := tlsConfig(cfg.TLS)
+	tlsConf, err := cfg.TLS.Config()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("redis %w", err)
 	}
 	minIdle := cfg.MinIdleConns
 	if minIdle < 0 {
@@ -141,38 +138,6 @@ func newClient(cfg config.Redis) (redis.UniversalClient, error) {
 	default:
 		return redis.NewClient(o.Simple()), nil
 	}
-}
-
-// tlsConfig builds the TLS config of redis.tls, reading the files now so
-// that a wrong path stops the runner at start with a clear error.
-func tlsConfig(t config.RedisTLS) (*tls.Config, error) {
-	if !t.Enabled {
-		return nil, nil
-	}
-	c := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         t.ServerName,
-		InsecureSkipVerify: t.InsecureSkipVerify, //nolint:gosec // operator's explicit choice, documented as test-only
-	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("redis tls: read ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis tls: ca_file %s holds no PEM certificate", t.CAFile)
-		}
-		c.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("redis tls: load cert_file/key_file: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
-	return c, nil
 }
 
 // isAvailabilityError tells whether err says something about Redis'
