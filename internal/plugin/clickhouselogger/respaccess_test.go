@@ -40,16 +40,20 @@ func respCall(status uint16, headers [][2]string) *hrc.Req {
 // the accessor cares: the raw call in an unexported field "r" (first, as in
 // v0.5.0, but the accessor finds it by name wherever it is).
 type frameworkShape struct {
-	r               *hrc.Req
-	conn            net.Conn
+	r *hrc.Req
+	//lint:ignore U1000 the field mirrors the framework's struct layout, which the accessor must see past
+	conn net.Conn
+	//lint:ignore U1000 the field mirrors the framework's struct layout, which the accessor must see past
 	extraInfoHeader []byte
-	statusCode      int
+	//lint:ignore U1000 the field mirrors the framework's struct layout, which the accessor must see past
+	statusCode int
 }
 
 type movedField struct {
 	statusCode int
-	body       *bytes.Buffer
-	r          *hrc.Req
+	//lint:ignore U1000 the field mirrors the framework's struct layout, which the accessor must see past
+	body *bytes.Buffer
+	r    *hrc.Req
 }
 
 type renamedField struct {

@@ -50,7 +50,6 @@ type JWTCache struct {
 	hits, misses  prometheus.Counter
 	accepted      atomic.Int64
 	rejected      atomic.Int64
-	cacheHits     atomic.Int64
 }
 
 var _ core.Module = (*JWTCache)(nil)
