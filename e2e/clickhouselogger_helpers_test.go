@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -130,24 +128,7 @@ func chlRequest(s chlReqSpec, composite bool) *testbed.Request {
 func chlMetrics(t *testing.T, admin string) map[string]float64 {
 	t.Helper()
 	_, body := get(t, admin+"/metrics")
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(body))
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		out[line[:i]] = v
-	}
-	return out
+	return testbed.ParseMetrics(body)
 }
 
 // chlAccount is the logger's row accounting read from /metrics.

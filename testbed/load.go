@@ -355,7 +355,7 @@ func (r *LoadReport) SeriesString() string {
 	fmt.Fprintln(tw, "offset\treq/s\terrors\tp50\tp99\tmax\t")
 	for _, p := range r.Series {
 		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t\n", p.Offset, p.Throughput, p.Errors,
-			fmtDur(p.P50), fmtDur(p.P99), fmtDur(p.Max))
+			FormatDuration(p.P50), FormatDuration(p.P99), FormatDuration(p.Max))
 	}
 	_ = tw.Flush()
 	return sb.String()
@@ -370,8 +370,8 @@ func FormatReports(reps []*LoadReport) string {
 	fmt.Fprintln(tw, "conc\trequests\terrors\treq/s\tp50\tp90\tp99\tmax\toutcomes")
 	for _, r := range reps {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\n", r.Concurrency, r.Requests, r.Errors,
-			r.Throughput, fmtDur(r.Latency.P50), fmtDur(r.Latency.P90), fmtDur(r.Latency.P99),
-			fmtDur(r.Latency.Max), r.outcomes())
+			r.Throughput, FormatDuration(r.Latency.P50), FormatDuration(r.Latency.P90), FormatDuration(r.Latency.P99),
+			FormatDuration(r.Latency.Max), r.outcomes())
 	}
 	_ = tw.Flush()
 	return sb.String()
@@ -402,7 +402,9 @@ func (r *LoadReport) outcomes() string {
 	return strings.Join(parts, " ")
 }
 
-func fmtDur(d time.Duration) string {
+// FormatDuration prints a latency for reports: seconds, milliseconds with
+// two decimals, or whole microseconds.
+func FormatDuration(d time.Duration) string {
 	switch {
 	case d >= time.Second:
 		return fmt.Sprintf("%.2fs", d.Seconds())

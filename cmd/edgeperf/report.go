@@ -180,8 +180,8 @@ func (r *report) writeResults(p func(string, ...any)) {
 			for _, x := range c.roundRatios() {
 				rr = append(rr, fmt.Sprintf("%.2f", x))
 			}
-			p("| %s | %.0f | %s | %s | %.0f | %s | %s | **%.2f×** | %s | %s |\n", s.sc.key, c.tput(), fmtDur(c.p50()), fmtDur(c.p99()),
-				c.baseTput(), fmtDur(c.baseP50()), fmtDur(c.baseP99()), c.ratio(), strings.Join(rr, " "), c.outcomes())
+			p("| %s | %.0f | %s | %s | %.0f | %s | %s | **%.2f×** | %s | %s |\n", s.sc.key, c.tput(), testbed.FormatDuration(c.p50()), testbed.FormatDuration(c.p99()),
+				c.baseTput(), testbed.FormatDuration(c.baseP50()), testbed.FormatDuration(c.baseP99()), c.ratio(), strings.Join(rr, " "), c.outcomes())
 		}
 		p("\n")
 	}
@@ -382,7 +382,7 @@ func (r *report) verdicts() []verdict {
 	}
 	m, v = r.perLevel("rl-down", func(c *cell) (string, bool) {
 		lim := time.Duration(float64(c.baseP99()) * 1.2)
-		return fmt.Sprintf("p99 %s vs 1.2× no-op p99 %s", fmtDur(c.p99()), fmtDur(lim)), c.p99() <= lim
+		return fmt.Sprintf("p99 %s vs 1.2× no-op p99 %s", testbed.FormatDuration(c.p99()), testbed.FormatDuration(lim)), c.p99() <= lim
 	})
 	add("#3 ratelimit", "Redis killed: p99 back within 1.2× no-op (within 1 s)", m+
 		". Steady state with the breaker open, after a warm-up; the first second after the kill is in `make chaos` (docs/resilience.md)", v)
@@ -439,7 +439,7 @@ func (r *report) verdicts() []verdict {
 			norm = fmt.Sprintf(" (against each run's interleaved no-op p99: healthy %.2f×, down %.2f×)",
 				float64(h.p99())/float64(h.baseP99()), float64(c.p99())/float64(c.baseP99()))
 		}
-		return fmt.Sprintf("p99 %s vs 1.1× healthy %s%s", fmtDur(c.p99()), fmtDur(lim), norm), c.p99() <= lim
+		return fmt.Sprintf("p99 %s vs 1.1× healthy %s%s", testbed.FormatDuration(c.p99()), testbed.FormatDuration(lim), norm), c.p99() <= lim
 	})
 	mem := ""
 	if s := r.scenario("chl-down"); s != nil {

@@ -338,7 +338,7 @@ func runScenarios(ctx context.Context, o *options, e *env, pr *progress) ([]*sce
 				return out, fmt.Errorf("scenario %s c=%d: %w", sc.key, lvl, err)
 			}
 			pr.printf("%-9s c=%-3d %8.0f req/s  p50 %-8s p99 %-8s  no-op %8.0f req/s  ratio %.2f  %s",
-				sc.key, lvl, c.tput(), fmtDur(c.p50()), fmtDur(c.p99()), c.baseTput(), c.ratio(), c.outcomes())
+				sc.key, lvl, c.tput(), testbed.FormatDuration(c.p50()), testbed.FormatDuration(c.p99()), c.baseTput(), c.ratio(), c.outcomes())
 		}
 		m1, err := e.scrape(ctx)
 		if err != nil {
@@ -435,7 +435,7 @@ func deltas(m0, m1 map[string]float64, prefixes []string) string {
 			if sum, ok := m1[sumKey]; ok {
 				mean := (sum - m0[sumKey]) / d
 				if strings.HasSuffix(base, "_seconds") {
-					part += " (mean " + fmtDur(time.Duration(mean*float64(time.Second))) + ")"
+					part += " (mean " + testbed.FormatDuration(time.Duration(mean*float64(time.Second))) + ")"
 				} else {
 					part += fmt.Sprintf(" (mean %.2f)", mean)
 				}
@@ -466,15 +466,4 @@ func hasPrefix(s string, prefixes []string) bool {
 		}
 	}
 	return false
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d >= time.Second:
-		return fmt.Sprintf("%.2fs", d.Seconds())
-	case d >= time.Millisecond:
-		return fmt.Sprintf("%.2fms", float64(d)/1e6)
-	default:
-		return fmt.Sprintf("%.0fµs", float64(d)/1e3)
-	}
 }
