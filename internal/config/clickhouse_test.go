@@ -125,20 +125,9 @@ clickhouse:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse([]byte(tt.doc), env(tt.env))
-			if tt.wantErr != nil {
-				if err == nil {
-					t.Fatalf("got no error, want %q", tt.wantErr)
-				}
-				for _, w := range tt.wantErr {
-					if !strings.Contains(err.Error(), w) {
-						t.Errorf("got error\n%v\nwant it to contain %q", err, w)
-					}
-				}
+			c := parseCase(t, tt.doc, env(tt.env), tt.wantErr)
+			if c == nil {
 				return
-			}
-			if err != nil {
-				t.Fatalf("got error %v, want none", err)
 			}
 			if msg := tt.check(&c.ClickHouse); msg != "" {
 				t.Error(msg)

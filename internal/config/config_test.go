@@ -76,3 +76,26 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// parseCase parses doc for a section's table test. With wantErr, it checks
+// that the error contains every entry and returns nil; without, it fails
+// the test on any error and returns the config.
+func parseCase(t *testing.T, doc string, lookup func(string) (string, bool), wantErr []string) *Config {
+	t.Helper()
+	c, err := Parse([]byte(doc), lookup)
+	if len(wantErr) > 0 {
+		if err == nil {
+			t.Fatalf("got no error, want %q", wantErr)
+		}
+		for _, w := range wantErr {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("got error\n%v\nwant it to contain %q", err, w)
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		t.Fatalf("got error %v, want none", err)
+	}
+	return c
+}

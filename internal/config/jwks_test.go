@@ -80,20 +80,9 @@ func TestJWKSSection(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse([]byte(tt.doc), env(nil))
-			if len(tt.wantErr) > 0 {
-				if err == nil {
-					t.Fatalf("got no error, want %q", tt.wantErr)
-				}
-				for _, w := range tt.wantErr {
-					if !strings.Contains(err.Error(), w) {
-						t.Errorf("got error %q, want it to contain %q", err, w)
-					}
-				}
+			c := parseCase(t, tt.doc, env(nil), tt.wantErr)
+			if c == nil {
 				return
-			}
-			if err != nil {
-				t.Fatalf("got error %v, want none", err)
 			}
 			if tt.check != nil {
 				if msg := tt.check(&c.JWKS); msg != "" {

@@ -95,20 +95,9 @@ redis:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse([]byte(tt.doc), env(tt.env))
-			if tt.wantErr != nil {
-				if err == nil {
-					t.Fatalf("got no error, want %q", tt.wantErr)
-				}
-				for _, w := range tt.wantErr {
-					if !strings.Contains(err.Error(), w) {
-						t.Errorf("got error %q, want it to contain %q", err, w)
-					}
-				}
+			c := parseCase(t, tt.doc, env(tt.env), tt.wantErr)
+			if c == nil {
 				return
-			}
-			if err != nil {
-				t.Fatalf("got error %v, want none", err)
 			}
 			if msg := tt.check(&c.Redis); msg != "" {
 				t.Fatal(msg)
