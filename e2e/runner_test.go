@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,6 +107,65 @@ func TestReloadKeepsSocket(t *testing.T) {
 		if res := do(t, g, emptyRoute("1"), nil); res.Status != 200 {
 			t.Fatalf("after reload, request %d: got %d (%v), want 200", i, res.Status, res.Err)
 		}
+	}
+}
+
+// TestReloadUnderLoadCostsNothing reloads while the gateway keeps calling
+// the runner on its pooled connections, as nginx's workers do. The old
+// runner must answer each call in progress and close each connection
+// right after an answer, so the next call connects to the new runner: no
+// call may fail.
+func TestReloadUnderLoadCostsNothing(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	g := newGateway(t, r)
+	route := emptyRoute("1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var errs []string
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := g.Do(ctx, route, &testbed.Request{Method: "GET", Path: "/"})
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err.Error())
+				} else {
+					statuses[res.Status]++
+					if res.Status != 200 && len(errs) < 5 {
+						errs = append(errs, fmt.Sprint(res.Err))
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // every worker has a pooled connection
+	oldPID := r.PID()
+	if err := r.Reload(ctx); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if processAlive(oldPID) {
+		t.Errorf("old runner %d still alive after Reload returned", oldPID)
+	}
+	if statuses[200] == 0 || len(statuses) != 1 || len(errs) > 0 {
+		t.Errorf("statuses across the reload: got %v (errors %q), want only 200", statuses, errs)
+	}
+	if f := g.Stats().Failures; f != 0 {
+		t.Errorf("gateway failures: got %d, want 0", f)
 	}
 }
 

@@ -35,6 +35,14 @@ type Config struct {
 	// finish, buffers flush, clients close. If zero, 3s (APISIX sends
 	// SIGKILL about 1 s after SIGTERM on reload, so keep it short).
 	ShutdownTimeout core.Duration `yaml:"shutdown_timeout"`
+	// DrainTimeout is the first part of shutdown_timeout: how long, after
+	// SIGTERM, the runner keeps serving the APISIX connections it already
+	// has, with every plugin working, while it waits for a newer runner to
+	// take the socket path (apisix reload). Each connection is closed when
+	// it is idle and the path is no longer ours, so APISIX's keepalive pool
+	// drops it and reconnects to the new runner. If zero, 300ms; it must
+	// be below shutdown_timeout.
+	DrainTimeout core.Duration `yaml:"drain_timeout"`
 	// Redis is the connection of the ratelimit plugin.
 	Redis Redis `yaml:"redis"`
 	// ClickHouse is the connection and batching of the clickhouselogger
@@ -91,6 +99,9 @@ func (c *Config) applyDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = core.Duration(3 * time.Second)
 	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = core.Duration(300 * time.Millisecond)
+	}
 	c.Redis.applyDefaults()
 	c.ClickHouse.applyDefaults()
 	c.JWKS.applyDefaults()
@@ -113,6 +124,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, core.Fieldf("shutdown_timeout", "must be > 0"))
+	}
+	if c.DrainTimeout < 0 || c.DrainTimeout >= c.ShutdownTimeout {
+		errs = append(errs, core.Fieldf("drain_timeout", "must be > 0 and below shutdown_timeout (%v), got %v", c.ShutdownTimeout.D(), c.DrainTimeout.D()))
 	}
 	errs = append(errs, c.Redis.validate()...)
 	errs = append(errs, c.ClickHouse.validate()...)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,13 @@ func TestParse(t *testing.T) {
 		{name: "unknown key gives the file's line", doc: "# comment\n\nlog:\n  level: warn\n  levle: warn\n", wantErr: "log.levle: unknown key (line 5)"},
 		{name: "unknown top-level key", doc: "redis_typo: {}\n", wantErr: "redis_typo: unknown key"},
 		{name: "bad duration", doc: "shutdown_timeout: 5\n", wantErr: "duration"},
+		{name: "drain not below shutdown", doc: "shutdown_timeout: 1s\ndrain_timeout: 1s\n", wantErr: "drain_timeout: must be > 0 and below shutdown_timeout (1s), got 1s"},
+		{name: "drain default", doc: "", check: func(c *Config) string {
+			if got := c.DrainTimeout.D(); got != 300*time.Millisecond {
+				return fmt.Sprintf("drain_timeout: got %v, want 300ms", got)
+			}
+			return ""
+		}},
 		{name: "bad level", doc: "log:\n  level: loud\n", wantErr: "log.level: must be one of"},
 		{name: "bad admin", doc: "admin:\n  listen: nope\n", wantErr: "admin.listen: must be host:port"},
 		{name: "env expansion", doc: "admin:\n  listen: ${ADDR}\n", env: map[string]string{"ADDR": "127.0.0.1:1"}, check: func(c *Config) string {

@@ -12,13 +12,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
 	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
-	"github.com/apache/apisix-go-plugin-runner/pkg/runner"
 	"github.com/apisix-edge/edge-runner/internal/config"
 	"github.com/apisix-edge/edge-runner/internal/core"
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,20 +106,29 @@ func Run(opts Options) error {
 		}
 	}
 
-	// The framework listens on a private path; we claim APISIX's path.
-	syscall.Umask(0o022) // so the pre-chmod socket mode can never be 0766
-	private := privatePath(public, os.Getpid())
-	os.Setenv("APISIX_LISTEN_ADDRESS", "unix:"+private)
-	frameworkDone := make(chan struct{})
-	go func() {
-		defer close(frameworkDone)
-		// Blocks until SIGINT/SIGTERM; the framework handles the signal.
-		runner.Run(runner.RunnerConfig{LogLevel: cfg.Log.ZapLevel(), LogOutput: out})
-	}()
-	owned, err := claimSocket(private, public, 10*time.Second)
+	// The framework serves each connection; we accept them (framework.go).
+	ttl, err := confCacheTTL()
+	if err != nil {
+		return err
+	}
+	fwlog.NewLogger(cfg.Log.ZapLevel(), out)
+	frameworkInitConfCache(ttl)
+	quit := make(chan os.Signal, 1)
+	signal.Notify(quit, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(quit)
+	ln, owned, err := listenSocket(public, os.Getpid())
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
+	conns := newConnServer(ln, frameworkHandleConn, func(err error) {
+		throttle.Error("accept", "accept APISIX connection", err)
+	})
+	connGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: core.Namespace, Name: "rpc_connections",
+		Help: "APISIX connections open to the runner.",
+	}, func() float64 { return float64(conns.open()) })
+	reg.MustRegister(connGauge)
+	go conns.serve()
 	log.Warn("runner listening", zap.String("socket", public), zap.String("version", opts.Version), zap.Int("plugins", len(modules)))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -140,10 +150,11 @@ func Run(opts Options) error {
 		}
 	}()
 
-	<-frameworkDone
-	log.Warn("runner shutting down")
+	sig := <-quit
+	log.Warn("runner draining", zap.String("signal", sig.String()), zap.Int("connections", conns.open()))
 	sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
 	defer scancel()
+	drain(conns, owned, cfg.DrainTimeout.D(), log)
 	if removed, err := owned.release(); err != nil {
 		log.Error("release socket", zap.Error(err))
 	} else if !removed {
@@ -167,6 +178,43 @@ func Run(opts Options) error {
 	admin.stop()
 	throttle.Flush()
 	return nil
+}
+
+// drain keeps serving after SIGTERM, with every plugin working, until no
+// connection is left or timeout. While the socket path is still ours (stop,
+// or a reload whose new runner has not claimed it yet) new connections are
+// accepted as before. Once a newer runner owns it, each connection is closed
+// right after its next answer, so APISIX's pool drops it and the next call
+// connects to the new runner. At timeout the idle ones are closed too.
+func drain(conns *connServer, owned *ownedSocket, timeout time.Duration, log *zap.Logger) {
+	start := time.Now()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	var done <-chan struct{}
+	for {
+		select {
+		case <-done:
+			log.Warn("runner drained", zap.Duration("took", time.Since(start)))
+			return
+		case <-deadline.C:
+			left := conns.open()
+			done = conns.closeIdle()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Millisecond): // the idle ones go at once
+			}
+			// calls still in progress finish during the plugins' shutdown
+			log.Warn("runner drain timed out: idle connections closed", zap.Duration("drain_timeout", timeout),
+				zap.Int("connections", left), zap.Int("in_call", conns.open()))
+			return
+		case <-tick.C:
+			if done == nil && !owned.ours() {
+				done = conns.closeAfterCalls()
+			}
+		}
+	}
 }
 
 type adminServer struct {

@@ -1,0 +1,226 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// typeExtraInfo is the frame type of the runner's ExtraInfo questions in the
+// middle of a call; every other frame the runner writes ends a call.
+const typeExtraInfo = 3
+
+// connServer accepts APISIX's connections and hands each to the framework's
+// handler through a conn that knows whether a call is in progress. On
+// shutdown it closes each connection at the first moment it is idle, so
+// APISIX's keepalive pool sees EOF on an idle connection and drops it
+// instead of sending the next call into a runner that is about to exit.
+type connServer struct {
+	ln     *net.UnixListener
+	handle func(net.Conn)
+	// onError reports an accept error (logged by the caller, throttled).
+	onError func(error)
+
+	closing atomic.Bool // set once: idle connections are closed from now on
+
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+	done  chan struct{} // closed when closing and no connection is left
+}
+
+func newConnServer(ln *net.UnixListener, handle func(net.Conn), onError func(error)) *connServer {
+	return &connServer{ln: ln, handle: handle, onError: onError,
+		conns: make(map[*conn]struct{}), done: make(chan struct{})}
+}
+
+// serve accepts until close is called.
+func (s *connServer) serve() {
+	for {
+		nc, err := s.ln.AcceptUnix()
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.onError(err) // EMFILE and the like: back off, keep serving
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		c := &conn{UnixConn: nc, s: s}
+		// A new connection is busy until its first call is answered:
+		// APISIX connects in order to send one, so closing it before
+		// would fail that call.
+		c.busy.Store(true)
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		go s.handle(c)
+	}
+}
+
+// open returns the number of open connections.
+func (s *connServer) open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// closeAfterCalls stops accepting and closes each connection right after it
+// answers its next call. That is the one moment APISIX cannot be sending on
+// it: its worker is still reading the answer, and finds the EOF queued
+// behind it before it could reuse the connection. The returned channel is
+// closed when no connection is left.
+func (s *connServer) closeAfterCalls() <-chan struct{} {
+	if s.closing.Swap(true) {
+		return s.done
+	}
+	_ = s.ln.Close()
+	s.mu.Lock()
+	s.checkDoneLocked()
+	s.mu.Unlock()
+	return s.done
+}
+
+// closeIdle also closes, at once, the connections waiting for a call (those
+// APISIX's pool has not used since closeAfterCalls). A call APISIX sends on
+// one in the same instant fails, so drain does this only at its deadline.
+func (s *connServer) closeIdle() <-chan struct{} {
+	done := s.closeAfterCalls()
+	s.mu.Lock()
+	for c := range s.conns {
+		// wakes a Read blocked between calls; a Read inside a call
+		// resumes (see conn.Read)
+		_ = c.UnixConn.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	return done
+}
+
+func (s *connServer) remove(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.checkDoneLocked()
+	s.mu.Unlock()
+}
+
+// checkDoneLocked closes done once closing has begun and no connection is
+// left. Both the last Close and closeAfterCalls get here, in either order.
+func (s *connServer) checkDoneLocked() {
+	if len(s.conns) > 0 || !s.closing.Load() {
+		return
+	}
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+}
+
+// conn is one APISIX connection as the framework's handler sees it.
+//
+// Read fills the whole buffer: the framework reads a frame's header and then
+// its body with one Read each and drops the connection on a short read,
+// which a large frame split by the kernel would otherwise cause.
+//
+// Write follows the frames the framework writes, to learn when a call ends:
+// a frame that is not an ExtraInfo question is the call's answer. Only the
+// handler's goroutine reads and writes, so the frame state needs no lock.
+type conn struct {
+	*net.UnixConn
+	s *connServer
+
+	busy      atomic.Bool // a call is in progress (or the first is awaited)
+	closeOnce sync.Once
+
+	hdr  [4]byte // header of the frame being written
+	hdrN int
+	left int // body bytes of that frame still to write
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if n == 0 && !c.busy.Load() && c.s.closing.Load() && !c.pending() {
+			return 0, io.EOF // idle during shutdown: the handler closes us
+		}
+		m, err := c.UnixConn.Read(p[n:])
+		if m > 0 {
+			c.busy.Store(true)
+		}
+		n += m
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && c.s.closing.Load() {
+				// the shutdown's wake-up, not a real timeout: a call in
+				// progress goes on, an idle connection ends above
+				_ = c.UnixConn.SetReadDeadline(time.Time{})
+				continue
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	n, err := c.UnixConn.Write(p)
+	c.track(p[:n])
+	return n, err
+}
+
+// track advances the frame state over b, the bytes just written, and
+// reports whether they ended a call.
+func (c *conn) track(b []byte) (ended bool) {
+	for len(b) > 0 {
+		if c.hdrN < len(c.hdr) {
+			k := copy(c.hdr[c.hdrN:], b)
+			c.hdrN += k
+			b = b[k:]
+			if c.hdrN < len(c.hdr) {
+				return ended
+			}
+			c.left = int(c.hdr[1])<<16 | int(c.hdr[2])<<8 | int(c.hdr[3])
+		} else {
+			k := min(len(b), c.left)
+			c.left -= k
+			b = b[k:]
+		}
+		if c.left == 0 {
+			if c.hdr[0] != typeExtraInfo {
+				c.busy.Store(false)
+				ended = true
+			}
+			c.hdrN = 0
+		}
+	}
+	return ended
+}
+
+// pending reports, without blocking, whether APISIX has already sent more
+// (a call to serve before closing) on an idle connection.
+func (c *conn) pending() bool {
+	rc, err := c.UnixConn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	has := false
+	_ = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		has = err == nil && n > 0
+		return true
+	})
+	return has
+}
+
+func (c *conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.UnixConn.Close()
+		c.s.remove(c)
+	})
+	return err
+}

@@ -1,0 +1,192 @@
+package server
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
+	"github.com/apisix-edge/edge-runner/testbed"
+	"go.uber.org/zap/zapcore"
+)
+
+// These tests run the framework's own connection handler behind our accept
+// loop. A frame of an unknown type is a whole call for it: it answers with
+// an error frame (type 0) and waits for the next call, so no plugin and no
+// conf are needed.
+const typeUnknown = 9
+
+func TestMain(m *testing.M) {
+	fwlog.NewLogger(zapcore.FatalLevel, zapcore.AddSync(io.Discard)) // the framework logs each call
+	os.Exit(m.Run())
+}
+
+type client struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func startConns(t *testing.T) (*connServer, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "runner.sock")
+	ln, owned, err := listenSocket(path, 1)
+	if err != nil {
+		t.Fatalf("listenSocket: %v", err)
+	}
+	if !owned.ours() {
+		t.Fatalf("ours() after listenSocket: got false, want true")
+	}
+	s := newConnServer(ln, frameworkHandleConn, func(err error) { t.Errorf("accept: %v", err) })
+	go s.serve()
+	t.Cleanup(func() { s.closeIdle() })
+	return s, path
+}
+
+func dial(t *testing.T, path string) *client {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &client{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+// call sends one call and wants its answer.
+func (c *client) call() {
+	c.t.Helper()
+	if err := testbed.WriteFrame(c.c, typeUnknown, []byte("x")); err != nil {
+		c.t.Fatalf("write call: %v", err)
+	}
+	c.wantAnswer()
+}
+
+func (c *client) wantAnswer() {
+	c.t.Helper()
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	ty, _, err := testbed.ReadFrame(c.br)
+	if err != nil || ty != 0 {
+		c.t.Fatalf("answer: got type %d, err %v; want an error frame (type 0)", ty, err)
+	}
+}
+
+// wantEOF wants the runner to have closed the connection.
+func (c *client) wantEOF() {
+	c.t.Helper()
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+		c.t.Fatalf("after the answer: got %v, want EOF", err)
+	}
+}
+
+func waitOpen(t *testing.T, s *connServer, want int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); s.open() != want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("open connections: got %d, want %d", s.open(), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestCloseAfterCallsClosesEachAfterItsNextAnswer(t *testing.T) {
+	s, path := startConns(t)
+	a, b := dial(t, path), dial(t, path)
+	a.call()
+	b.call()
+	done := s.closeAfterCalls()
+	if _, err := net.Dial("unix", path); err == nil {
+		t.Errorf("dial after closeAfterCalls: got a connection, want refused")
+	}
+	// both idle connections are still served, and each is closed right
+	// after its answer
+	a.call()
+	a.wantEOF()
+	select {
+	case <-done:
+		t.Fatalf("done with b still open")
+	default:
+	}
+	b.call()
+	b.wantEOF()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("done not closed after the last connection closed (open %d)", s.open())
+	}
+}
+
+func TestCloseIdleSparesAFreshConnection(t *testing.T) {
+	s, path := startConns(t)
+	idle, fresh := dial(t, path), dial(t, path)
+	idle.call()
+	waitOpen(t, s, 2)
+	s.closeIdle()
+	idle.wantEOF()
+	// a connection that has not sent its first call yet is busy: APISIX
+	// connected in order to send it
+	fresh.call()
+	fresh.wantEOF()
+}
+
+func TestReadWaitsForAFrameSplitByTheKernel(t *testing.T) {
+	_, path := startConns(t)
+	c := dial(t, path)
+	body := []byte("a frame body in two parts")
+	hdr := []byte{typeUnknown, 0, 0, byte(len(body))}
+	for _, part := range [][]byte{hdr[:2], hdr[2:], body[:5], body[5:]} {
+		if _, err := c.c.Write(part); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond) // each part is read on its own
+	}
+	c.wantAnswer()
+	c.call() // the connection is still in step
+}
+
+func TestTrackFollowsFrames(t *testing.T) {
+	frame := func(ty byte, n int) []byte {
+		return append([]byte{ty, byte(n >> 16), byte(n >> 8), byte(n)}, make([]byte, n)...)
+	}
+	split := func(b []byte, at ...int) [][]byte {
+		var out [][]byte
+		prev := 0
+		for _, i := range at {
+			out = append(out, b[prev:i])
+			prev = i
+		}
+		return append(out, b[prev:])
+	}
+	answer := frame(2, 300)
+	tests := []struct {
+		name     string
+		writes   [][]byte
+		wantBusy bool
+	}{
+		{name: "answer as header then body", writes: split(answer, 4), wantBusy: false},
+		{name: "answer in one write", writes: [][]byte{answer}, wantBusy: false},
+		{name: "header split across writes", writes: split(answer, 1, 3, 100), wantBusy: false},
+		{name: "answer not finished", writes: [][]byte{answer[:200]}, wantBusy: true},
+		{name: "ExtraInfo question keeps the call open", writes: split(frame(typeExtraInfo, 40), 4), wantBusy: true},
+		{name: "ExtraInfo then answer", writes: [][]byte{frame(typeExtraInfo, 40), frame(2, 10)}, wantBusy: false},
+		{name: "error frame ends the call", writes: [][]byte{frame(0, 12)}, wantBusy: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &conn{}
+			c.busy.Store(true)
+			for _, w := range tt.writes {
+				c.track(w)
+			}
+			if got := c.busy.Load(); got != tt.wantBusy {
+				t.Errorf("busy: got %v, want %v", got, tt.wantBusy)
+			}
+		})
+	}
+}
