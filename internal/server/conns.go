@@ -26,7 +26,10 @@ type connServer struct {
 	// onError reports an accept error (logged by the caller, throttled).
 	onError func(error)
 
-	closing atomic.Bool // set once: idle connections are closed from now on
+	closing atomic.Bool                   // set once: idle connections are closed from now on
+	handoff atomic.Pointer[handoffSender] // if set, idle connections go there instead
+
+	handedOver, closedIdle atomic.Int64
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -50,16 +53,18 @@ func (s *connServer) serve() {
 			time.Sleep(5 * time.Millisecond)
 			continue
 		}
-		c := &conn{UnixConn: nc, s: s}
-		// A new connection is busy until its first call is answered:
-		// APISIX connects in order to send one, so closing it before
-		// would fail that call.
-		c.busy.Store(true)
-		s.mu.Lock()
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		go s.handle(c)
+		s.add(nc, true)
 	}
+}
+
+// add serves nc. A fresh connection (just accepted) is never closed before
+// its first call is answered: APISIX connects in order to send one.
+func (s *connServer) add(nc *net.UnixConn, fresh bool) {
+	c := &conn{UnixConn: nc, s: s, fresh: fresh}
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	go s.handle(c)
 }
 
 // open returns the number of open connections.
@@ -85,18 +90,45 @@ func (s *connServer) closeAfterCalls() <-chan struct{} {
 	return s.done
 }
 
+// handOver stops accepting and sends every connection to the runner that
+// listens on path, each at its next frame boundary: at once for those
+// between two calls, after their answer for the others. It fails if the
+// handoff path cannot be dialed.
+func (s *connServer) handOver(path string) (<-chan struct{}, error) {
+	h, err := dialHandoff(path)
+	if err != nil {
+		return nil, err
+	}
+	s.handoff.Store(h)
+	done := s.closeAfterCalls()
+	s.wake()
+	return done, nil
+}
+
+// wake interrupts every Read blocked between two calls, so it applies the
+// shutdown rules (see conn.Read); a Read inside a call resumes.
+func (s *connServer) wake() {
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.UnixConn.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+}
+
+// stopHandoff closes the connection to the new runner, once no connection
+// is left to send.
+func (s *connServer) stopHandoff() {
+	if h := s.handoff.Load(); h != nil {
+		_ = h.close()
+	}
+}
+
 // closeIdle also closes, at once, the connections waiting for a call (those
 // APISIX's pool has not used since closeAfterCalls). A call APISIX sends on
 // one in the same instant fails, so drain does this only at its deadline.
 func (s *connServer) closeIdle() <-chan struct{} {
 	done := s.closeAfterCalls()
-	s.mu.Lock()
-	for c := range s.conns {
-		// wakes a Read blocked between calls; a Read inside a call
-		// resumes (see conn.Read)
-		_ = c.UnixConn.SetReadDeadline(time.Now())
-	}
-	s.mu.Unlock()
+	s.wake()
 	return done
 }
 
@@ -133,7 +165,8 @@ type conn struct {
 	*net.UnixConn
 	s *connServer
 
-	busy      atomic.Bool // a call is in progress (or the first is awaited)
+	busy      atomic.Bool // a call is in progress
+	fresh     bool        // accepted, no call answered yet (handler goroutine only)
 	closeOnce sync.Once
 
 	hdr  [4]byte // header of the frame being written
@@ -144,8 +177,8 @@ type conn struct {
 func (c *conn) Read(p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
-		if n == 0 && !c.busy.Load() && c.s.closing.Load() && !c.pending() {
-			return 0, io.EOF // idle during shutdown: the handler closes us
+		if n == 0 && !c.busy.Load() && c.s.closing.Load() && c.leave() {
+			return 0, io.EOF // the handler closes our descriptor
 		}
 		m, err := c.UnixConn.Read(p[n:])
 		if m > 0 {
@@ -163,6 +196,25 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// leave applies the shutdown rules to a connection between two calls: it
+// hands it over to the new runner if there is one, or closes it unless it
+// is fresh or APISIX has already sent its next call.
+func (c *conn) leave() bool {
+	if h := c.s.handoff.Load(); h != nil {
+		err := h.send(c.UnixConn)
+		if err == nil {
+			c.s.handedOver.Add(1)
+			return true
+		}
+		c.s.onError(err)
+	}
+	if c.fresh || c.pending() {
+		return false
+	}
+	c.s.closedIdle.Add(1)
+	return true
 }
 
 func (c *conn) Write(p []byte) (int, error) {
@@ -191,6 +243,7 @@ func (c *conn) track(b []byte) (ended bool) {
 		if c.left == 0 {
 			if c.hdr[0] != typeExtraInfo {
 				c.busy.Store(false)
+				c.fresh = false
 				ended = true
 			}
 			c.hdrN = 0

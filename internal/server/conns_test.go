@@ -190,3 +190,57 @@ func TestTrackFollowsFrames(t *testing.T) {
 		})
 	}
 }
+
+func TestHandOverMovesConnectionsAtFrameBoundaries(t *testing.T) {
+	old, path := startConns(t)
+	newer, _ := startConns(t)
+	hpath := filepath.Join(t.TempDir(), "runner.sock.handoff")
+	hln, howned, err := listenRenamed("unixpacket", hpath, 2, 0o600)
+	if err != nil {
+		t.Fatalf("listen handoff: %v", err)
+	}
+	defer hln.Close()
+	if !howned.ours() {
+		t.Fatalf("handoff ours(): got false, want true")
+	}
+	go serveHandoff(hln, newer)
+
+	idle, fresh := dial(t, path), dial(t, path)
+	idle.call()
+	waitOpen(t, old, 2)
+	// a call already on its way when the handoff starts: the new runner
+	// must read it whole
+	if err := testbed.WriteFrame(idle.c, typeUnknown, []byte("sent before the handoff")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	done, err := old.handOver(hpath)
+	if err != nil {
+		t.Fatalf("handOver: %v", err)
+	}
+	idle.wantAnswer()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("old runner still holds %d connections", old.open())
+	}
+	waitOpen(t, newer, 2)
+	// both connections stay open and in step, now served by the new runner
+	idle.call()
+	fresh.call()
+	if got := old.handedOver.Load(); got != 2 {
+		t.Errorf("handed over: got %d, want 2", got)
+	}
+	if got := old.closedIdle.Load(); got != 0 {
+		t.Errorf("closed idle: got %d, want 0", got)
+	}
+}
+
+func TestHandOverWithoutNewRunnerFails(t *testing.T) {
+	s, _ := startConns(t)
+	if _, err := s.handOver(filepath.Join(t.TempDir(), "nobody.handoff")); err == nil {
+		t.Fatalf("handOver to a path nobody listens on: got nil error, want one")
+	}
+	if s.closing.Load() {
+		t.Errorf("closing after a failed handOver: got true, want false (the caller falls back)")
+	}
+}

@@ -116,13 +116,22 @@ func Run(opts Options) error {
 	quit := make(chan os.Signal, 1)
 	signal.Notify(quit, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(quit)
+	// The handoff socket first: once an older runner sees APISIX's path
+	// taken, it sends its connections there (handoff.go).
+	hln, handoffOwned, herr := listenRenamed("unixpacket", handoffPath(public), os.Getpid(), 0o600)
+	if herr != nil {
+		log.Warn("handoff socket unavailable: an older runner will close its connections instead of handing them over", zap.Error(herr))
+	}
 	ln, owned, err := listenSocket(public, os.Getpid())
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
 	conns := newConnServer(ln, frameworkHandleConn, func(err error) {
-		throttle.Error("accept", "accept APISIX connection", err)
+		throttle.Error("conns", "APISIX connection", err)
 	})
+	if hln != nil {
+		go serveHandoff(hln, conns)
+	}
 	connGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: core.Namespace, Name: "rpc_connections",
 		Help: "APISIX connections open to the runner.",
@@ -154,6 +163,13 @@ func Run(opts Options) error {
 	log.Warn("runner draining", zap.String("signal", sig.String()), zap.Int("connections", conns.open()))
 	sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
 	defer scancel()
+	if hln != nil {
+		// take no more connections: a runner on its way out must never
+		// dial its own handoff socket (a new runner that failed to claim
+		// the handoff path leaves ours in place)
+		_ = hln.Close()
+		_, _ = handoffOwned.release()
+	}
 	drain(conns, owned, cfg.DrainTimeout.D(), log)
 	if removed, err := owned.release(); err != nil {
 		log.Error("release socket", zap.Error(err))
@@ -183,20 +199,25 @@ func Run(opts Options) error {
 // drain keeps serving after SIGTERM, with every plugin working, until no
 // connection is left or timeout. While the socket path is still ours (stop,
 // or a reload whose new runner has not claimed it yet) new connections are
-// accepted as before. Once a newer runner owns it, each connection is closed
-// right after its next answer, so APISIX's pool drops it and the next call
-// connects to the new runner. At timeout the idle ones are closed too.
+// accepted as before. Once a newer runner owns it, each connection is
+// handed over to it at its next frame boundary (handoff.go), or, if that
+// runner cannot take them, closed right after its next answer, so that
+// APISIX's pool drops it. At timeout the idle ones are closed too.
 func drain(conns *connServer, owned *ownedSocket, timeout time.Duration, log *zap.Logger) {
 	start := time.Now()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
+	defer conns.stopHandoff()
+	counts := func() []zap.Field {
+		return []zap.Field{zap.Int64("handed_over", conns.handedOver.Load()), zap.Int64("closed_idle", conns.closedIdle.Load())}
+	}
 	var done <-chan struct{}
 	for {
 		select {
 		case <-done:
-			log.Warn("runner drained", zap.Duration("took", time.Since(start)))
+			log.Warn("runner drained", append(counts(), zap.Duration("took", time.Since(start)))...)
 			return
 		case <-deadline.C:
 			left := conns.open()
@@ -206,11 +227,16 @@ func drain(conns *connServer, owned *ownedSocket, timeout time.Duration, log *za
 			case <-time.After(20 * time.Millisecond): // the idle ones go at once
 			}
 			// calls still in progress finish during the plugins' shutdown
-			log.Warn("runner drain timed out: idle connections closed", zap.Duration("drain_timeout", timeout),
-				zap.Int("connections", left), zap.Int("in_call", conns.open()))
+			log.Warn("runner drain timed out: idle connections closed", append(counts(), zap.Duration("drain_timeout", timeout),
+				zap.Int("connections", left), zap.Int("in_call", conns.open()))...)
 			return
 		case <-tick.C:
-			if done == nil && !owned.ours() {
+			if done != nil || owned.ours() {
+				continue
+			}
+			var err error
+			if done, err = conns.handOver(handoffPath(owned.public)); err != nil {
+				log.Warn("cannot hand connections to the new runner: closing each after its next answer", zap.Error(err))
 				done = conns.closeAfterCalls()
 			}
 		}

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,7 +20,7 @@ import (
 // remove APISIX's path on exit only while it is still our socket (same
 // device and inode).
 
-// ownedSocket is APISIX's socket path while we hold it.
+// ownedSocket is a socket path (APISIX's, or the handoff's) while we hold it.
 type ownedSocket struct {
 	public string
 	dev    uint64
@@ -32,28 +33,36 @@ func privatePath(public string, pid int) string {
 	if len(p) < 104 { // sun_path is 108 bytes on Linux, 104 on BSD
 		return p
 	}
-	return filepath.Join(filepath.Dir(public), fmt.Sprintf(".gr%d.sock", pid))
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(public))
+	return filepath.Join(filepath.Dir(public), fmt.Sprintf(".gr%d-%08x.sock", pid, h.Sum32()))
 }
 
-// listenSocket listens on a private path, sets mode 0766 and renames the
-// socket onto public. rename(2) replaces whatever is at public atomically,
-// so APISIX never sees a missing socket nor one it may not connect to.
+// listenSocket listens for APISIX: a stream socket with the framework's
+// mode 0766, so nginx's workers can connect.
 func listenSocket(public string, pid int) (*net.UnixListener, *ownedSocket, error) {
+	return listenRenamed("unix", public, pid, 0o766)
+}
+
+// listenRenamed listens on a private path, sets mode and renames the socket
+// onto public. rename(2) replaces whatever is at public atomically, so a
+// client never sees a missing socket nor one it may not connect to.
+func listenRenamed(network, public string, pid int, mode os.FileMode) (*net.UnixListener, *ownedSocket, error) {
 	private := privatePath(public, pid)
 	if err := os.Remove(private); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("listen socket: %w", err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: private, Net: "unix"})
+	ln, err := net.ListenUnix(network, &net.UnixAddr{Name: private, Net: network})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listen socket: %w", err)
 	}
-	ln.SetUnlinkOnClose(false) // the path is APISIX's, released by release
+	ln.SetUnlinkOnClose(false) // the path is public's, released by release
 	fail := func(err error) (*net.UnixListener, *ownedSocket, error) {
 		_ = ln.Close()
 		_ = os.Remove(private)
 		return nil, nil, fmt.Errorf("listen socket: %w", err)
 	}
-	if err := os.Chmod(private, 0o766); err != nil {
+	if err := os.Chmod(private, mode); err != nil {
 		return fail(err)
 	}
 	if err := os.Rename(private, public); err != nil {
