@@ -107,6 +107,7 @@ log:
   level: warn
 admin:
   listen: 127.0.0.1:%d
+  pprof: %v
 redis:
   addrs: [%q]
 clickhouse:
@@ -118,7 +119,7 @@ jwks:
   providers:
     - name: idp
       url: %q
-`, port, e.rd.Addr(), e.ch.NativeAddr(), maxPending, tokenCacheSize, e.idp.URL())
+`, port, o.profile != "", e.rd.Addr(), e.ch.NativeAddr(), maxPending, tokenCacheSize, e.idp.URL())
 	cfgPath := filepath.Join(dir, "go-runner.yaml")
 	if err := os.WriteFile(cfgPath, []byte(e.cfgText), 0o644); err != nil {
 		return nil, fmt.Errorf("write runner config: %w", err)

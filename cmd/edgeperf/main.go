@@ -46,6 +46,8 @@ type options struct {
 	d         time.Duration
 	quick     bool
 	benchtime string
+	profile   string   // directory for CPU profiles of the runner, one per scenario
+	only      []string // scenario keys to run (all if empty)
 	args      []string
 
 	// Derived from d and quick.
@@ -70,8 +72,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.d, "d", 3*time.Second, "measured time per scenario and level (the same again for its interleaved no-op slices)")
 	fs.BoolVar(&o.quick, "quick", false, "dry run: tiny durations and sizes, figures not meaningful")
 	fs.StringVar(&o.benchtime, "benchtime", "", "go test -benchtime for the micro-benchmarks (default 1s, 1x with -quick)")
+	fs.StringVar(&o.profile, "profile", "", "also take a CPU profile of the runner (admin pprof) during an extra 5 s slice of each scenario at the middle concurrency level, written to DIR/<scenario>.pprof")
+	var only string
+	fs.StringVar(&only, "only", "", "comma-separated scenario keys to run (default: all; the report is then partial)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if only != "" {
+		o.only = strings.Split(only, ",")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("parse flags: unexpected arguments %q", fs.Args())

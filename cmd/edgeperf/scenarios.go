@@ -2,9 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -314,6 +319,9 @@ func (e *env) scenarios() []*scenario {
 func runScenarios(ctx context.Context, o *options, e *env, pr *progress) ([]*scenarioResult, error) {
 	var out []*scenarioResult
 	for _, sc := range e.scenarios() {
+		if len(o.only) > 0 && !slices.Contains(o.only, sc.key) {
+			continue
+		}
 		res := &scenarioResult{sc: sc}
 		out = append(out, res)
 		if sc.before != nil {
@@ -340,6 +348,13 @@ func runScenarios(ctx context.Context, o *options, e *env, pr *progress) ([]*sce
 			pr.printf("%-9s c=%-3d %8.0f req/s  p50 %-8s p99 %-8s  no-op %8.0f req/s  ratio %.2f  %s",
 				sc.key, lvl, c.tput(), testbed.FormatDuration(c.p50()), testbed.FormatDuration(c.p99()), c.baseTput(), c.ratio(), c.outcomes())
 		}
+		if o.profile != "" {
+			lvl := o.levels[len(o.levels)/2]
+			if err := profileScenario(ctx, o, e, sc, lvl); err != nil {
+				return out, fmt.Errorf("scenario %s: %w", sc.key, err)
+			}
+			pr.printf("%-9s c=%-3d CPU profile written to %s", sc.key, lvl, filepath.Join(o.profile, sc.key+".pprof"))
+		}
 		m1, err := e.scrape(ctx)
 		if err != nil {
 			res.err = err
@@ -356,6 +371,49 @@ func runScenarios(ctx context.Context, o *options, e *env, pr *progress) ([]*sce
 		res.gauges = gaugeValues(m1, sc.gauges)
 	}
 	return out, nil
+}
+
+// profileScenario runs the scenario for 5 s more at level lvl while the
+// runner profiles itself, and writes the profile to o.profile.
+func profileScenario(ctx context.Context, o *options, e *env, sc *scenario, lvl int) error {
+	const seconds = 5
+	type result struct {
+		b   []byte
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, (seconds+10)*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(pctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", e.admin, seconds), nil)
+		if err != nil {
+			got <- result{nil, err}
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- result{nil, err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, b)
+		}
+		got <- result{b, err}
+	}()
+	_, err := testbed.Load(ctx, testbed.LoadOptions{
+		Gateway: e.gw, Route: sc.route, Concurrency: lvl, Duration: seconds*time.Second + 500*time.Millisecond,
+		NewRequest: sc.newReq, CountHeader: sc.header,
+	})
+	r := <-got
+	if err = errors.Join(err, r.err); err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	if err := os.MkdirAll(o.profile, 0o755); err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	return os.WriteFile(filepath.Join(o.profile, sc.key+".pprof"), r.b, 0o644)
 }
 
 // measureCell warms the scenario up, then alternates no-op and scenario

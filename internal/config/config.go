@@ -68,6 +68,10 @@ type Admin struct {
 	// 127.0.0.1:9542. "off" disables it. Keep it on loopback: /status shows
 	// backend errors.
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the admin listener,
+	// for profiling the runner under real traffic. If false (the default),
+	// it is not served.
+	Pprof bool `yaml:"pprof"`
 }
 
 // ZapLevel returns the parsed log level.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -61,6 +62,7 @@ func (s *connServer) serve() {
 // its first call is answered: APISIX connects in order to send one.
 func (s *connServer) add(nc *net.UnixConn, fresh bool) {
 	c := &conn{UnixConn: nc, s: s, fresh: fresh}
+	c.br = bufio.NewReaderSize(nc, 4096)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -169,6 +171,16 @@ type conn struct {
 	fresh     bool        // accepted, no call answered yet (handler goroutine only)
 	closeOnce sync.Once
 
+	// br reads a whole frame, header and body, in one syscall when APISIX
+	// has sent it whole (it sends each frame with one write).
+	br *bufio.Reader
+	// A frame header the framework wrote, held to go out with its body in
+	// one writev: the framework writes them with two calls.
+	held    bool
+	heldHdr [4]byte
+	bufsArr [2][]byte
+	bufs    net.Buffers
+
 	hdr  [4]byte // header of the frame being written
 	hdrN int
 	left int // body bytes of that frame still to write
@@ -180,7 +192,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		if n == 0 && !c.busy.Load() && c.s.closing.Load() && c.leave() {
 			return 0, io.EOF // the handler closes our descriptor
 		}
-		m, err := c.UnixConn.Read(p[n:])
+		m, err := c.br.Read(p[n:])
 		if m > 0 {
 			c.busy.Store(true)
 		}
@@ -202,7 +214,9 @@ func (c *conn) Read(p []byte) (int, error) {
 // hands it over to the new runner if there is one, or closes it unless it
 // is fresh or APISIX has already sent its next call.
 func (c *conn) leave() bool {
-	if h := c.s.handoff.Load(); h != nil {
+	if h := c.s.handoff.Load(); h != nil && c.br.Buffered() == 0 {
+		// (a call already in our buffer is served here first: its bytes
+		// are no longer in the socket)
 		err := h.send(c.UnixConn)
 		if err == nil {
 			c.s.handedOver.Add(1)
@@ -218,8 +232,27 @@ func (c *conn) leave() bool {
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	n, err := c.UnixConn.Write(p)
+	if !c.held && c.hdrN == 0 && len(p) == len(c.heldHdr) && p[1]|p[2]|p[3] != 0 {
+		copy(c.heldHdr[:], p) // a frame header with a body to follow
+		c.held = true
+		return len(p), nil
+	}
+	if !c.held {
+		n, err := c.UnixConn.Write(p)
+		c.track(p[:n])
+		return n, err
+	}
+	c.held = false
+	c.bufsArr = [2][]byte{c.heldHdr[:], p}
+	c.bufs = c.bufsArr[:]
+	written, err := c.bufs.WriteTo(c.UnixConn)
+	h := min(int(written), len(c.heldHdr))
+	c.track(c.heldHdr[:h])
+	n := int(written) - h
 	c.track(p[:n])
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
 	return n, err
 }
 
@@ -255,6 +288,9 @@ func (c *conn) track(b []byte) (ended bool) {
 // pending reports, without blocking, whether APISIX has already sent more
 // (a call to serve before closing) on an idle connection.
 func (c *conn) pending() bool {
+	if c.br.Buffered() > 0 {
+		return true
+	}
 	rc, err := c.UnixConn.SyscallConn()
 	if err != nil {
 		return false

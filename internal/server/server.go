@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -145,7 +146,7 @@ func Run(opts Options) error {
 	for _, m := range modules {
 		m.Start(ctx) // must not block: backing services are dialed in the background
 	}
-	admin := startAdmin(ctx, cfg.Admin.Listen, reg, status, log)
+	admin := startAdmin(ctx, cfg.Admin, reg, status, log)
 	go func() {
 		t := time.NewTicker(cfg.Log.SummaryInterval.D())
 		defer t.Stop()
@@ -256,9 +257,17 @@ func (a *adminServer) stop() {
 	_ = a.srv.Shutdown(ctx)
 }
 
-// AdminHandler serves /metrics, /healthz and /status.
-func AdminHandler(reg *prometheus.Registry, status *core.Status) http.Handler {
+// AdminHandler serves /metrics, /healthz and /status, and /debug/pprof/
+// if withPprof.
+func AdminHandler(reg *prometheus.Registry, status *core.Status, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -275,11 +284,12 @@ func AdminHandler(reg *prometheus.Registry, status *core.Status) http.Handler {
 // startAdmin binds the admin listener in the background. During `apisix
 // reload` the old runner still holds the port for a moment, so binding is
 // retried until it succeeds or ctx ends; the socket never waits for it.
-func startAdmin(ctx context.Context, addr string, reg *prometheus.Registry, status *core.Status, log *zap.Logger) *adminServer {
+func startAdmin(ctx context.Context, cfg config.Admin, reg *prometheus.Registry, status *core.Status, log *zap.Logger) *adminServer {
+	addr := cfg.Listen
 	if addr == "off" {
 		return nil
 	}
-	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status), ReadHeaderTimeout: 5 * time.Second}}
+	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		logged := false
 		for {

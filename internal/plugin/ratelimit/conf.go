@@ -62,7 +62,7 @@ type Conf struct {
 	body      []byte
 	window    time.Duration
 	windowMS  string // Window in ms, as sent to the script
-	limitStr  string
+	limitStr  string // Limit as text (script argument and X-RateLimit-Limit)
 	failMode  failMode
 	retryBody []byte // body of the fail_mode "closed" 503
 }
@@ -228,4 +228,13 @@ func truncate(s string) string {
 		return s[:64] + "..."
 	}
 	return s
+}
+
+// limitText is limit as text: the conf's own limit is formatted once, a
+// tenant override's on use.
+func (c *Conf) limitText(limit int) string {
+	if limit == c.Limit && c.limitStr != "" {
+		return c.limitStr
+	}
+	return itoa(int64(limit))
 }
