@@ -18,9 +18,9 @@ const typeExtraInfo = 3
 
 // connServer accepts APISIX's connections and hands each to the framework's
 // handler through a conn that knows whether a call is in progress. On
-// shutdown it closes each connection at the first moment it is idle, so
-// APISIX's keepalive pool sees EOF on an idle connection and drops it
-// instead of sending the next call into a runner that is about to exit.
+// shutdown it moves each connection, between two calls, to the runner that
+// replaces it (handoff.go), or closes it there if no runner takes it, so
+// that APISIX does not send its next call into a runner about to exit.
 type connServer struct {
 	ln     *net.UnixListener
 	handle func(net.Conn)
@@ -77,10 +77,12 @@ func (s *connServer) open() int {
 }
 
 // closeAfterCalls stops accepting and closes each connection right after it
-// answers its next call. That is the one moment APISIX cannot be sending on
-// it: its worker is still reading the answer, and finds the EOF queued
-// behind it before it could reuse the connection. The returned channel is
-// closed when no connection is left.
+// answers its next call (unless APISIX has already sent another): most
+// often APISIX is still reading the answer then, and finds the EOF before
+// it reuses the connection. Not always: a worker woken by the answer can
+// send its next call before the close, and that call fails. So this is the
+// fallback when no newer runner takes the connections (handOver). The
+// returned channel is closed when no connection is left.
 func (s *connServer) closeAfterCalls() <-chan struct{} {
 	if s.closing.Swap(true) {
 		return s.done
@@ -246,6 +248,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.bufsArr = [2][]byte{c.heldHdr[:], p}
 	c.bufs = c.bufsArr[:]
 	written, err := c.bufs.WriteTo(c.UnixConn)
+	c.bufsArr = [2][]byte{} // keep no reference to the framework's buffer
 	h := min(int(written), len(c.heldHdr))
 	c.track(c.heldHdr[:h])
 	n := int(written) - h
