@@ -24,7 +24,8 @@ const typeExtraInfo = 3
 type connServer struct {
 	ln     *net.UnixListener
 	handle func(net.Conn)
-	// onError reports an accept error (logged by the caller, throttled).
+	// onError reports an accept or handoff error (logged by the caller,
+	// throttled).
 	onError func(error)
 
 	closing atomic.Bool                   // set once: idle connections are closed from now on
@@ -259,16 +260,16 @@ func (c *conn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// track advances the frame state over b, the bytes just written, and
-// reports whether they ended a call.
-func (c *conn) track(b []byte) (ended bool) {
+// track advances the frame state over b, the bytes just written: the end
+// of an answer ends the call.
+func (c *conn) track(b []byte) {
 	for len(b) > 0 {
 		if c.hdrN < len(c.hdr) {
 			k := copy(c.hdr[c.hdrN:], b)
 			c.hdrN += k
 			b = b[k:]
 			if c.hdrN < len(c.hdr) {
-				return ended
+				return
 			}
 			c.left = int(c.hdr[1])<<16 | int(c.hdr[2])<<8 | int(c.hdr[3])
 		} else {
@@ -280,12 +281,10 @@ func (c *conn) track(b []byte) (ended bool) {
 			if c.hdr[0] != typeExtraInfo {
 				c.busy.Store(false)
 				c.fresh = false
-				ended = true
 			}
 			c.hdrN = 0
 		}
 	}
-	return ended
 }
 
 // pending reports, without blocking, whether APISIX has already sent more

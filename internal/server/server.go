@@ -1,7 +1,8 @@
-// Package server runs the plugin runner: it hands the framework a private
-// socket and claims APISIX's path (see socket.go), serves the admin listener,
-// starts the plugins without waiting for their backing services, and shuts
-// down gracefully on SIGTERM.
+// Package server runs the plugin runner: it listens on APISIX's socket path
+// (claimed by rename, socket.go), hands each connection to the framework's
+// handler (framework.go, conns.go), serves the admin listener, starts the
+// plugins without waiting for their backing services, and on SIGTERM drains
+// or hands its connections over (handoff.go) before it shuts down.
 package server
 
 import (
@@ -55,9 +56,6 @@ func Run(opts Options) error {
 	public, ok := strings.CutPrefix(addr, "unix:")
 	if !ok || public == "" {
 		return fmt.Errorf("run: APISIX_LISTEN_ADDRESS must be unix:<path>, got %q (APISIX sets it when it spawns the runner)", addr)
-	}
-	if os.Getenv("APISIX_CONF_EXPIRE_TIME") == "" {
-		os.Setenv("APISIX_CONF_EXPIRE_TIME", "3600")
 	}
 
 	reg := core.NewRegistry()
