@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,8 +26,9 @@ type Backend struct {
 	name     string
 	onChange func(name string, from, to State, err error)
 
+	state atomic.Value // State: read without the lock, written under it
+
 	mu      sync.Mutex
-	state   State
 	since   time.Time
 	lastErr string
 	errAt   time.Time
@@ -36,10 +38,13 @@ type Backend struct {
 // Set records the state and, when err is not nil, the last error. It calls
 // the status's change hook when the state changes.
 func (b *Backend) Set(s State, err error) {
+	if err == nil && b.State() == s {
+		return // nothing to record: every successful call of a plugin gets here
+	}
 	b.mu.Lock()
-	from := b.state
+	from := b.State()
 	if from != s {
-		b.state = s
+		b.state.Store(s)
 		b.since = time.Now()
 	}
 	if err != nil {
@@ -51,6 +56,14 @@ func (b *Backend) Set(s State, err error) {
 	if from != s && hook != nil {
 		hook(b.name, from, s, err)
 	}
+}
+
+// SetError records err as the last error without changing the state.
+func (b *Backend) SetError(err error) {
+	b.mu.Lock()
+	b.lastErr = err.Error()
+	b.errAt = time.Now()
+	b.mu.Unlock()
 }
 
 // SetDetail attaches extra JSON-able facts shown in /status (such as the spool
@@ -66,9 +79,7 @@ func (b *Backend) SetDetail(key string, v any) {
 
 // State returns the current state.
 func (b *Backend) State() State {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.state
+	return b.state.Load().(State)
 }
 
 // BackendSnapshot is one backing service in /status.
@@ -83,7 +94,7 @@ type BackendSnapshot struct {
 func (b *Backend) snapshot() BackendSnapshot {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := BackendSnapshot{State: b.state, Since: b.since, LastError: b.lastErr}
+	s := BackendSnapshot{State: b.State(), Since: b.since, LastError: b.lastErr}
 	if !b.errAt.IsZero() {
 		t := b.errAt
 		s.ErrorAt = &t
@@ -128,7 +139,8 @@ func (s *Status) Backend(name string) *Backend {
 	if b, ok := s.backends[name]; ok {
 		return b
 	}
-	b := &Backend{name: name, state: StateUnknown, since: time.Now(), onChange: s.onChange}
+	b := &Backend{name: name, since: time.Now(), onChange: s.onChange}
+	b.state.Store(StateUnknown)
 	s.backends[name] = b
 	return b
 }

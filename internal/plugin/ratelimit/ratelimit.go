@@ -85,7 +85,6 @@ type RateLimit struct {
 
 	member  string // unique prefix of this runner's sliding-log members
 	seq     atomic.Uint64
-	state   atomic.Int32 // last core.State index set on back, to skip no-op Sets
 	brk     atomic.Int32 // breaker state as in the gauge: 0 closed, 1 half-open, 2 open
 	base    time.Time    // origin of mono
 	lastOK  atomic.Int64 // mono() of the last successful Redis call
@@ -126,7 +125,6 @@ func New(cfg config.Redis, deps core.Deps, opts ...Option) (*RateLimit, error) {
 		local:  newLocalLimiter(cfg.LocalMaxKeys),
 		member: hex.EncodeToString(id) + ":",
 	}
-	r.state.Store(-1)
 	r.base = time.Now()
 	r.lastOK.Store(math.MinInt64 / 2) // no success yet: failures at start count at once
 	// go-redis logs pool failures (one line per failed dial) on stderr,
@@ -196,10 +194,10 @@ func (r *RateLimit) Start(ctx context.Context) {
 		}
 		if err != nil {
 			r.deps.Throttle.Warn("ratelimit:redis", "ratelimit: redis not reachable at start: decisions follow each route's fail_mode until it is", err)
-			r.setBackend(core.StateDown, fmt.Errorf("ratelimit start: %w", err))
+			r.back.Set(core.StateDown, fmt.Errorf("ratelimit start: %w", err))
 			return
 		}
-		r.setBackend(core.StateOK, nil)
+		r.back.Set(core.StateOK, nil)
 	}()
 }
 
@@ -378,7 +376,7 @@ func (r *RateLimit) call(fn func() (any, error)) (any, error) {
 		}
 		r.met.redisOK.Observe(time.Since(start).Seconds())
 		if r.brk.Load() == 0 { // a success in half-open has just closed it
-			r.setBackend(core.StateOK, nil)
+			r.back.Set(core.StateOK, nil)
 		}
 	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
 		// no Redis round trip was made
@@ -392,7 +390,7 @@ func (r *RateLimit) call(fn func() (any, error)) (any, error) {
 		// Only the breaker moves the /status state (closed ok, half-open
 		// degraded, open down): single timeouts would make it flap and log
 		// a line each. The error is recorded as the last error.
-		r.back.Set(r.back.State(), err)
+		r.back.SetError(err)
 	}
 	return res, err
 }
@@ -509,18 +507,18 @@ func (r *RateLimit) breakerChanged(_ string, from, to gobreaker.State) {
 		label = "closed"
 		r.met.breaker.Set(0)
 		r.brk.Store(0)
-		r.setBackend(core.StateOK, nil)
+		r.back.Set(core.StateOK, nil)
 		r.deps.Log.Warn("ratelimit: redis breaker closed: decisions are made by Redis again", zap.String("from", from.String()))
 	case gobreaker.StateHalfOpen:
 		label = "half_open"
 		r.met.breaker.Set(1)
 		r.brk.Store(1)
-		r.setBackend(core.StateDegraded, nil)
+		r.back.Set(core.StateDegraded, nil)
 	case gobreaker.StateOpen:
 		label = "open"
 		r.met.breaker.Set(2)
 		r.brk.Store(2)
-		r.setBackend(core.StateDown, errors.New("circuit breaker open"))
+		r.back.Set(core.StateDown, errors.New("circuit breaker open"))
 		if from == gobreaker.StateClosed {
 			r.deps.Log.Error("ratelimit: redis breaker open: FAILING OPEN (routes with fail_mode closed answer 503, local limit per runner); no Redis calls until a probe succeeds",
 				zap.Duration("probe_after", r.cfg.Breaker.OpenTimeout.D()))
@@ -528,18 +526,6 @@ func (r *RateLimit) breakerChanged(_ string, from, to gobreaker.State) {
 	}
 	r.met.transitions.WithLabelValues(label).Inc()
 	r.back.SetDetail("breaker", label)
-}
-
-var stateIndex = map[core.State]int32{core.StateUnknown: 0, core.StateOK: 1, core.StateDegraded: 2, core.StateDown: 3}
-
-// setBackend sets the /status state; it skips the lock when nothing changes
-// and there is no error to record.
-func (r *RateLimit) setBackend(s core.State, err error) {
-	i := stateIndex[s]
-	if r.state.Swap(i) == i && err == nil {
-		return
-	}
-	r.back.Set(s, err)
 }
 
 // statusCounters are the plugin's facts in /status.
