@@ -55,16 +55,14 @@ type Conf struct {
 	TenantHeader string `json:"tenant_header"`
 
 	// Derived by ParseConf.
-	keyKind   keyKind
-	keyName   string // header, arg or variable name
-	ns        string // counter namespace: "n:"+Name or "c:"+conf hash
-	show      bool
-	body      []byte
-	window    time.Duration
-	windowMS  string // Window in ms, as sent to the script
-	limitStr  string // Limit as text (script argument and X-RateLimit-Limit)
-	failMode  failMode
-	retryBody []byte // body of the fail_mode "closed" 503
+	keyKind  keyKind
+	keyName  string // header, arg or variable name
+	ns       string // counter namespace: "n:"+Name or "c:"+conf hash
+	show     bool
+	body     []byte
+	window   time.Duration
+	limitStr string // Limit as text, for X-RateLimit-Limit
+	failMode failMode
 }
 
 type keyKind byte
@@ -98,8 +96,6 @@ const (
 var (
 	nameRe    = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
 	varNameRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
-	// tokenRe is an RFC 9110 field name (token), bounded.
-	tokenRe = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]{1,128}$")
 )
 
 // ParseConf decodes and validates one conf. Every problem names its field
@@ -169,7 +165,7 @@ func (c *Conf) validate() error {
 	default:
 		errs = append(errs, core.Fieldf("fail_mode", "must be one of open, closed, local, got %q", truncate(c.FailMode)))
 	}
-	if c.TenantHeader != "" && !tokenRe.MatchString(c.TenantHeader) {
+	if c.TenantHeader != "" && !core.ValidHeaderName(c.TenantHeader) {
 		errs = append(errs, core.Fieldf("tenant_header", "must be an HTTP header name (1 to 128 token characters), got %q", truncate(c.TenantHeader)))
 	}
 	return errors.Join(errs...)
@@ -187,7 +183,7 @@ func (c *Conf) parseKey() error {
 		return nil
 	case strings.HasPrefix(k, "header:"):
 		c.keyKind, c.keyName = keyHeader, k[len("header:"):]
-		if !tokenRe.MatchString(c.keyName) {
+		if !core.ValidHeaderName(c.keyName) {
 			return core.Fieldf("key", "header:<Name> needs an HTTP header name (1 to 128 token characters), got %q", truncate(k))
 		}
 		return nil
@@ -216,10 +212,8 @@ func (c *Conf) derive(in []byte) {
 		c.ns = "c:" + hex.EncodeToString(sum[:8])
 	}
 	c.window = c.Window.D()
-	c.windowMS = itoa(c.window.Milliseconds())
 	c.limitStr = itoa(int64(c.Limit))
 	c.body = jsonErrorBody(c.RejectedMsg)
-	c.retryBody = jsonErrorBody("rate limiter unavailable")
 }
 
 // truncate bounds a value echoed in an error message.

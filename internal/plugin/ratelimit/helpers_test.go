@@ -141,8 +141,8 @@ func (e *env) do(c *Conf, r *testReq) result {
 	return result{status: w.Code, hdr: w.Header(), body: w.Body.String()}
 }
 
-func (e *env) decisions(outcome string) int {
-	return int(testutil.ToFloat64(e.rl.met.decisions[outcome]))
+func (e *env) decisions(o outcome) int {
+	return int(testutil.ToFloat64(e.rl.met.decisions[o]))
 }
 
 // closedAddr is a loopback address where nothing listens.

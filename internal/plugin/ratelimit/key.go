@@ -66,6 +66,9 @@ func counterKey(prefix, ns, tenant string, kind keyKind, value string) string {
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // jsonErrorBody is the body of a rejection: {"error_msg": msg}.
+// unavailableBody is the body of fail_mode "closed"'s 503.
+var unavailableBody = jsonErrorBody("rate limiter unavailable")
+
 func jsonErrorBody(msg string) []byte {
 	b, _ := json.Marshal(struct {
 		ErrorMsg string `json:"error_msg"`

@@ -90,7 +90,7 @@ type RateLimit struct {
 	lastOK  atomic.Int64 // mono() of the last successful Redis call
 	failing atomic.Bool  // the last Redis call failed
 	started atomic.Bool
-	counts  [7]atomic.Int64 // by outcome, in the order of outcomes
+	counts  [numOutcomes]atomic.Int64 // by outcome
 }
 
 var _ plugin.Plugin = (*RateLimit)(nil)
@@ -475,7 +475,7 @@ func (r *RateLimit) unavailable(c *Conf, w http.ResponseWriter) {
 	}
 	h.set(hdrContentType, "application/json")
 	w.WriteHeader(http.StatusServiceUnavailable)
-	_, _ = w.Write(c.retryBody)
+	_, _ = w.Write(unavailableBody)
 }
 
 // ceilSeconds rounds d up to whole seconds, at least 1 (a Retry-After of 0
@@ -488,14 +488,9 @@ func ceilSeconds(d time.Duration) int64 {
 	return s
 }
 
-func (r *RateLimit) count(outcome string) {
-	r.met.decisions[outcome].Inc()
-	for i, o := range outcomes {
-		if o == outcome {
-			r.counts[i].Add(1)
-			return
-		}
-	}
+func (r *RateLimit) count(o outcome) {
+	r.met.decisions[o].Inc()
+	r.counts[o].Add(1)
 }
 
 // breakerChanged is gobreaker's state hook: metrics, /status and one log
@@ -530,9 +525,9 @@ func (r *RateLimit) breakerChanged(_ string, from, to gobreaker.State) {
 
 // statusCounters are the plugin's facts in /status.
 func (r *RateLimit) statusCounters() any {
-	dec := make(map[string]int64, len(outcomes))
-	for i, o := range outcomes {
-		dec[o] = r.counts[i].Load()
+	dec := make(map[string]int64, numOutcomes)
+	for o, name := range outcomeNames {
+		dec[name] = r.counts[o].Load()
 	}
 	return map[string]any{
 		"decisions":         dec,

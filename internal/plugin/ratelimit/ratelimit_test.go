@@ -28,7 +28,7 @@ func TestExactnessAndSliding(t *testing.T) {
 		status    int           // 0: allowed
 		remaining string
 		reset     string
-		outcome   string
+		outcome   outcome
 	}{
 		{0, 0, "2", "1", outAllowed},
 		{400 * ms, 0, "1", "1", outAllowed},

@@ -1,0 +1,21 @@
+package core
+
+import "strings"
+
+// ValidHeaderName reports whether s can name an HTTP header in a conf: an
+// RFC 9110 token (field-name) of 1 to 128 bytes.
+func ValidHeaderName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
