@@ -2,8 +2,11 @@ package jwtcache
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -172,7 +175,7 @@ func parseConf(cfg *config.JWKS, data []byte) (*routeConf, error) {
 				errs = append(errs, core.Fieldf(at, `"none" is never accepted`))
 			case strings.HasPrefix(strings.ToUpper(a), "HS"):
 				errs = append(errs, core.Fieldf(at, "%q is symmetric: a JWKS holds public keys, so HMAC would let anyone sign (algorithm confusion)", a))
-			case !contains(asymmetric, a):
+			case !slices.Contains(asymmetric, a):
 				errs = append(errs, core.Fieldf(at, "must be one of %s, got %q", strings.Join(asymmetric, ", "), a))
 			case seen[a]:
 				errs = append(errs, core.Fieldf(at, "duplicate %q", a))
@@ -205,7 +208,7 @@ func parseConf(cfg *config.JWKS, data []byte) (*routeConf, error) {
 	case set > 1:
 		errs = append(errs, core.Fieldf("token_header", "set at most one of token_header, token_cookie and token_query"))
 	case c.TokenHeader != "":
-		if !validHeaderName(c.TokenHeader) {
+		if !core.ValidHeaderName(c.TokenHeader) {
 			errs = append(errs, core.Fieldf("token_header", "must be an HTTP header name, got %q", c.TokenHeader))
 		}
 		name := http.CanonicalHeaderKey(c.TokenHeader)
@@ -215,7 +218,7 @@ func parseConf(cfg *config.JWKS, data []byte) (*routeConf, error) {
 			rc.source = tokenSource{kind: fromHeader, name: name}
 		}
 	case c.TokenCookie != "":
-		if !validHeaderName(c.TokenCookie) {
+		if !core.ValidHeaderName(c.TokenCookie) {
 			errs = append(errs, core.Fieldf("token_cookie", "must be a cookie name (token characters), got %q", c.TokenCookie))
 		}
 		rc.source = tokenSource{kind: fromCookie, name: c.TokenCookie}
@@ -229,14 +232,14 @@ func parseConf(cfg *config.JWKS, data []byte) (*routeConf, error) {
 		errs = append(errs, core.Fieldf("claims_to_headers", "at most %d entries, got %d", maxClaimHeader, len(c.ClaimsToHeaders)))
 	}
 	targets := map[string]string{}
-	for _, claim := range sortedKeys(c.ClaimsToHeaders) {
+	for _, claim := range slices.Sorted(maps.Keys(c.ClaimsToHeaders)) {
 		h := c.ClaimsToHeaders[claim]
 		at := "claims_to_headers." + claim
 		canon := http.CanonicalHeaderKey(h)
 		switch {
 		case claim == "":
 			errs = append(errs, core.Fieldf("claims_to_headers", "claim names must not be empty"))
-		case !validHeaderName(h):
+		case !core.ValidHeaderName(h):
 			errs = append(errs, core.Fieldf(at, "must be an HTTP header name, got %q", h))
 		case reservedHeaders[canon]:
 			errs = append(errs, core.Fieldf(at, "%q is reserved: it carries the request or the token", h))
@@ -266,7 +269,7 @@ func parseConf(cfg *config.JWKS, data []byte) (*routeConf, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return nil, joinErrs(errs)
+		return nil, errors.Join(errs...)
 	}
 	return rc, nil
 }
@@ -280,30 +283,4 @@ func providerNames(cfg *config.JWKS) string {
 		names[i] = p.Name
 	}
 	return "known: " + strings.Join(names, ", ")
-}
-
-// validHeaderName reports whether s is an RFC 9110 token.
-func validHeaderName(s string) bool {
-	if s == "" || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

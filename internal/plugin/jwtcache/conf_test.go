@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -180,7 +181,7 @@ func FuzzParseConf(f *testing.F) {
 				t.Fatalf("accepted a conf without a provider: %s", data)
 			}
 			for a := range rc.algs {
-				if !contains(asymmetric, a) {
+				if !slices.Contains(asymmetric, a) {
 					t.Fatalf("accepted algorithm %q", a)
 				}
 			}

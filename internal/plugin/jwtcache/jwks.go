@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -121,7 +122,7 @@ func signingCandidate(m jwkset.JWKMarshal) bool {
 	if m.KTY != jwkset.KtyRSA && m.KTY != jwkset.KtyEC && m.KTY != jwkset.KtyOKP {
 		return false
 	}
-	if m.ALG != "" && !contains(asymmetric, string(m.ALG)) {
+	if m.ALG != "" && !slices.Contains(asymmetric, string(m.ALG)) {
 		return false
 	}
 	if len(m.KEYOPS) > 0 {
@@ -160,8 +161,13 @@ func algFitsKey(alg string, key any) bool {
 		if !ok {
 			return false
 		}
-		want := map[string]elliptic.Curve{"ES256": elliptic.P256(), "ES384": elliptic.P384(), "ES512": elliptic.P521()}[alg]
-		return k.Curve == want
+		switch alg {
+		case "ES256":
+			return k.Curve == elliptic.P256()
+		case "ES384":
+			return k.Curve == elliptic.P384()
+		}
+		return k.Curve == elliptic.P521()
 	case "EdDSA":
 		_, ok := key.(ed25519.PublicKey)
 		return ok

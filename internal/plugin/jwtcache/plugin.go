@@ -11,8 +11,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,7 +132,7 @@ func (m *JWTCache) Start(ctx context.Context) {
 		return
 	}
 	m.ctx, m.cancel = context.WithCancel(ctx)
-	for _, name := range sortedKeys(m.providers) {
+	for _, name := range slices.Sorted(maps.Keys(m.providers)) {
 		m.providers[name].start(m.ctx, &m.wg)
 	}
 	for _, p := range m.inline {
@@ -319,10 +320,10 @@ func (m *JWTCache) allProviders() []*provider {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]*provider, 0, len(m.providers)+len(m.inline))
-	for _, n := range sortedKeys(m.providers) {
+	for _, n := range slices.Sorted(maps.Keys(m.providers)) {
 		out = append(out, m.providers[n])
 	}
-	for _, u := range sortedKeys(m.inline) {
+	for _, u := range slices.Sorted(maps.Keys(m.inline)) {
 		out = append(out, m.inline[u])
 	}
 	return out
@@ -378,7 +379,7 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		}
 		a.stale = a.stale || p.stale(now)
 	}
-	for _, label := range sortedKeys(byLabel) {
+	for _, label := range slices.Sorted(maps.Keys(byLabel)) {
 		a := byLabel[label]
 		if a.has {
 			ch <- prometheus.MustNewConstMetric(keyAgeDesc, prometheus.GaugeValue, a.age, label)
@@ -390,14 +391,3 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(staleDesc, prometheus.GaugeValue, st, label)
 	}
 }
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func joinErrs(errs []error) error { return errors.Join(errs...) }

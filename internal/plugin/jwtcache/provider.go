@@ -58,7 +58,6 @@ type provider struct {
 	pending   bool   // a kicked refresh has not ended yet
 	pendingAt uint64 // the attempt number that serves it
 	lastErr   string
-	lastTry   time.Time
 	fails     int
 	limiter   *rate.Limiter
 	kick      chan struct{}
@@ -267,7 +266,6 @@ func (p *provider) finish(attempt uint64, ks *keySet, err error) {
 		p.pending = false
 	}
 	p.attempted = true
-	p.lastTry = now
 	if err != nil {
 		p.lastErr = err.Error()
 		p.fails++
