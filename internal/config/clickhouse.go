@@ -1,10 +1,8 @@
 package config
 
 import (
-	"net"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -132,12 +130,6 @@ var chIdentRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 // database or table name.
 func ClickHouseIdentOK(s string) bool { return chIdentRe.MatchString(s) }
 
-// chHeaderNameRe is an HTTP header name (an RFC 9110 token).
-var chHeaderNameRe = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-
-// ClickHouseHeaderNameOK reports whether s is an HTTP header name.
-func ClickHouseHeaderNameOK(s string) bool { return chHeaderNameRe.MatchString(s) }
-
 // chVarNameRe is an nginx variable name.
 var chVarNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 
@@ -206,12 +198,7 @@ func (x *ClickHouse) validate() []error {
 	f := func(key, format string, args ...any) {
 		errs = append(errs, core.Fieldf("clickhouse."+key, format, args...))
 	}
-	for i, a := range x.Addrs {
-		host, port, err := net.SplitHostPort(a)
-		if err != nil || host == "" || port == "" {
-			f("addrs["+strconv.Itoa(i)+"]", "must be host:port, got %q", a)
-		}
-	}
+	errs = append(errs, checkAddrs("clickhouse", x.Addrs)...)
 	if !ClickHouseIdentOK(x.Database) {
 		f("database", "must be letters, digits and '_', not starting with a digit, got %q", x.Database)
 	}
@@ -259,7 +246,7 @@ func (x *ClickHouse) validate() []error {
 	} else if x.Spool.Enabled && x.Spool.MaxBytes < 1<<20 {
 		f("spool.max_bytes", "must be at least 1048576 (1 MiB), got %d", x.Spool.MaxBytes)
 	}
-	if !ClickHouseHeaderNameOK(x.TenantHeader) {
+	if !core.ValidHeaderName(x.TenantHeader) {
 		f("tenant_header", "must be an HTTP header name, got %q", x.TenantHeader)
 	}
 	if x.MaxValueBytes < 16 || x.MaxValueBytes > 65536 {

@@ -1,9 +1,8 @@
 package config
 
 import (
-	"fmt"
-	"net"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/apisix-edge/edge-runner/internal/core"
@@ -207,14 +206,9 @@ func (x *Redis) validate() []error {
 			bad("db", "must be 0 in cluster mode (Redis Cluster has only database 0), got %d", x.DB)
 		}
 	default:
-		bad("mode", "must be one of standalone, sentinel, cluster, got %q", x.Mode)
+		bad("mode", "must be one of %s, got %q", strings.Join(RedisModes, ", "), x.Mode)
 	}
-	for i, a := range x.Addrs {
-		host, port, err := net.SplitHostPort(a)
-		if err != nil || host == "" || port == "" {
-			bad(fmt.Sprintf("addrs[%d]", i), "must be host:port, got %q", a)
-		}
-	}
+	errs = append(errs, checkAddrs("redis", x.Addrs)...)
 	if x.Mode != "sentinel" && (x.SentinelUsername != "" || x.SentinelPassword != "") {
 		bad("sentinel_password", "is only used in sentinel mode")
 	}

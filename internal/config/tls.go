@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/apisix-edge/edge-runner/internal/core"
@@ -38,6 +39,19 @@ func (t TLS) validate(section string) []error {
 	}
 	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
 		errs = append(errs, core.Fieldf(section+".tls.enabled", "must be true when other tls settings are given"))
+	}
+	return errs
+}
+
+// checkAddrs checks the addrs of a backing service's section ("redis",
+// "clickhouse"): each must be host:port.
+func checkAddrs(section string, addrs []string) []error {
+	var errs []error
+	for i, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || port == "" {
+			errs = append(errs, core.Fieldf(fmt.Sprintf("%s.addrs[%d]", section, i), "must be host:port, got %q", a))
+		}
 	}
 	return errs
 }
