@@ -95,7 +95,7 @@ func headerList(field string, names []string) ([]string, []error) {
 	out := make([]string, 0, len(names))
 	for i, n := range names {
 		at := field + "[" + strconv.Itoa(i) + "]"
-		if !config.ClickHouseHeaderNameOK(n) {
+		if !core.ValidHeaderName(n) {
 			errs = append(errs, core.Fieldf(at, "must be an HTTP header name, got %q", n))
 			continue
 		}

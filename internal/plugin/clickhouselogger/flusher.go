@@ -24,8 +24,7 @@ import (
 //   - while down with the spool off, every batch still gets its attempts:
 //     memory absorbs what it can, the rest is dropped and counted.
 type flusher struct {
-	client    *chClient
-	clientErr error // why there is no client (bad TLS files)
+	client *chClient // nil when it cannot be built (bad TLS files)
 
 	down      bool
 	nextProbe time.Time
@@ -58,10 +57,11 @@ func (l *Logger) run(ctx context.Context) {
 			}
 		}
 	}
-	f.client, f.clientErr = newClient(l.cfg)
-	if f.clientErr != nil {
-		l.deps.Log.Error("clickhouselogger: cannot connect to ClickHouse: rows will not be inserted", zap.Error(f.clientErr))
-		l.backend.Set(core.StateDown, f.clientErr)
+	var err error
+	f.client, err = newClient(l.cfg)
+	if err != nil {
+		l.deps.Log.Error("clickhouselogger: cannot connect to ClickHouse: rows will not be inserted", zap.Error(err))
+		l.backend.Set(core.StateDown, err)
 		f.down = true
 	} else if sp := l.spool.Load(); sp != nil && sp.rows.Load() > 0 {
 		// Rows from an earlier runner wait: find out now whether they can

@@ -24,7 +24,6 @@ import (
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 	"github.com/apisix-edge/edge-runner/internal/config"
 	"github.com/apisix-edge/edge-runner/internal/core"
-	"go.uber.org/zap"
 )
 
 // Name is the plugin name used in APISIX route confs.
@@ -42,13 +41,14 @@ const compositeRetry = time.Minute
 // calls Start, then ParseConf and ResponseFilter from many goroutines, then
 // Shutdown.
 type Logger struct {
-	cfg      config.ClickHouse
-	deps     core.Deps
-	now      func() time.Time
-	maxValue int
+	cfg  config.ClickHouse
+	deps core.Deps
+	now  func() time.Time
 
 	composite string // "" when off
-	tenantVar string
+	// vars are the nginx variables of the request fields, indexed by the
+	// c constants.
+	vars [numFields]string
 
 	// compositeRetryAt is the Unix ns before which the composite variable
 	// is not asked for (APISIX did not define it).
@@ -76,27 +76,18 @@ type Logger struct {
 
 var _ core.Module = (*Logger)(nil)
 
-// New builds the logger from the runner config. It dials nothing: the
+// New builds the logger from the runner config and deps, every field of
+// which must be set (as the server builds them). It dials nothing: the
 // flusher connects in the background after Start.
 func New(cfg config.ClickHouse, deps core.Deps) *Logger {
-	if deps.Log == nil {
-		deps.Log = zap.NewNop()
-	}
-	if deps.Throttle == nil {
-		deps.Throttle = core.NewLogThrottle(deps.Log, 0)
-	}
-	if deps.Status == nil {
-		deps.Status = core.NewStatus("", nil)
-	}
 	l := &Logger{
-		cfg:       cfg,
-		deps:      deps,
-		now:       time.Now,
-		maxValue:  cfg.MaxValueBytes,
-		tenantVar: cfg.TenantVar(),
-		q:         newQueue(cfg.MaxPending, cfg.BatchSize),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
+		cfg:  cfg,
+		deps: deps,
+		now:  time.Now,
+		vars: requestVars(cfg.TenantVar()),
+		q:    newQueue(cfg.MaxPending, cfg.BatchSize),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	if cfg.CompositeEnabled() {
 		l.composite = cfg.CompositeVar
@@ -174,7 +165,7 @@ func (l *Logger) ResponseFilter(conf any, w pkgHTTP.Response) {
 	l.fill(w, c, &r, now)
 	if len(c.respNames) > 0 {
 		r.respNames = c.respNames
-		r.respValues, _ = respHeaderValues(w, c.respNames, l.maxValue)
+		r.respValues, _ = respHeaderValues(w, c.respNames, l.cfg.MaxValueBytes)
 	}
 	l.enqueue(&r)
 }
@@ -201,7 +192,7 @@ func (l *Logger) fill(v varSource, c *routeConf, r *row, now time.Time) {
 			return
 		}
 		switch {
-		case parseComposite(string(b), r, l.maxValue):
+		case parseComposite(string(b), r, l.cfg.MaxValueBytes):
 			haveFields = true
 		case len(b) == 0:
 			// Not defined in APISIX's nginx config: stop asking for a while.
@@ -222,7 +213,7 @@ func (l *Logger) fill(v varSource, c *routeConf, r *row, now time.Time) {
 		if err != nil {
 			return
 		}
-		r.routeID = boundBytes(b, l.maxValue)
+		r.routeID = boundBytes(b, l.cfg.MaxValueBytes)
 	}
 	if len(c.reqVars) > 0 {
 		r.reqNames = c.reqNames
@@ -232,52 +223,29 @@ func (l *Logger) fill(v varSource, c *routeConf, r *row, now time.Time) {
 			if err != nil {
 				return
 			}
-			r.reqValues[i] = boundBytes(b, l.maxValue)
+			r.reqValues[i] = boundBytes(b, l.cfg.MaxValueBytes)
 		}
 	}
 }
 
-// fillSingles asks for each request field on its own. It reports false when
-// a round trip failed.
+// fillSingles asks for each request field on its own, in index order
+// (request_id only when X-Request-Id is empty). It reports false when a
+// round trip failed; the row keeps the fields answered before.
 func (l *Logger) fillSingles(v varSource, r *row) bool {
-	get := func(name string) (string, bool) {
+	for i, name := range l.vars {
+		if i == cRequestID && r.requestID != "" {
+			continue
+		}
 		b, err := v.Var(name)
 		if err != nil {
-			return "", false
-		}
-		return boundBytes(b, l.maxValue), true
-	}
-	var rt string
-	for _, f := range []struct {
-		name string
-		dst  *string
-	}{
-		{"request_time", &rt},
-		{"request_method", &r.method},
-		{"host", &r.host},
-		{"uri", &r.path},
-		{"remote_addr", &r.clientIP},
-		{"http_user_agent", &r.userAgent},
-		{"http_x_request_id", &r.requestID},
-	} {
-		s, ok := get(f.name)
-		if !ok {
+			if i <= cXRequestID {
+				// A row keeps its latency only once the fields up to
+				// X-Request-Id are in (unchanged behaviour).
+				r.latencyMs = 0
+			}
 			return false
 		}
-		*f.dst = s
-	}
-	r.latencyMs = parseLatencyMs(rt)
-	var ok bool
-	if r.requestID == "" {
-		if r.requestID, ok = get("request_id"); !ok {
-			return false
-		}
-	}
-	if r.tenant, ok = get(l.tenantVar); !ok {
-		return false
-	}
-	if r.consumer, ok = get("http_x_edge_consumer"); !ok {
-		return false
+		r.setField(i, boundBytes(b, l.cfg.MaxValueBytes), l.cfg.MaxValueBytes)
 	}
 	return true
 }
@@ -305,7 +273,7 @@ func (l *Logger) Start(ctx context.Context) {
 // counted (reason shutdown).
 func (l *Logger) Shutdown(ctx context.Context) error {
 	l.q.close()
-	by := l.now().Add(l.cfg.ShutdownFlush.D())
+	by := time.Now().Add(l.cfg.ShutdownFlush.D())
 	if dl, ok := ctx.Deadline(); ok && dl.Add(-250*time.Millisecond).Before(by) {
 		by = dl.Add(-250 * time.Millisecond)
 	}

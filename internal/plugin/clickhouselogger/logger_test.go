@@ -17,6 +17,7 @@ import (
 	"github.com/apisix-edge/edge-runner/testbed/backing"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
 )
 
 // testResponse stands in for the framework's response object: the raw
@@ -80,7 +81,7 @@ func testConfig(t testing.TB, yaml string) config.ClickHouse {
 func newTestLogger(t testing.TB, cfg config.ClickHouse) (*Logger, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	l := New(cfg, core.Deps{Metrics: reg})
+	l := New(cfg, core.Deps{Log: zap.NewNop(), Throttle: core.NewLogThrottle(zap.NewNop(), time.Minute), Metrics: reg, Status: core.NewStatus("test", nil)})
 	return l, reg
 }
 

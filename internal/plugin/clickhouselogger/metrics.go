@@ -116,8 +116,6 @@ func newMetrics(reg prometheus.Registerer, l *Logger) *metrics {
 	}
 	m.batch.WithLabelValues("ok")
 	m.batch.WithLabelValues("error")
-	if reg != nil {
-		reg.MustRegister(m.batch, newCollector(l))
-	}
+	reg.MustRegister(m.batch, newCollector(l))
 	return m
 }

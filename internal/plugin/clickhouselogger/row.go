@@ -4,6 +4,9 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/apisix-edge/edge-runner/internal/config"
+	"github.com/apisix-edge/edge-runner/internal/core"
 )
 
 // row is one access-log row as the request path hands it to the queue: plain
@@ -60,6 +63,70 @@ func parseLatencyMs(s string) uint32 {
 	return uint32(ms)
 }
 
+// The request fields the logger asks APISIX for, indexed by the c
+// constants: in this order in the composite variable (after its tag) and
+// as single variables (requestVars names them).
+const (
+	cRequestTime = iota
+	cMethod
+	cHost
+	cURI
+	cRemoteAddr
+	cUserAgent
+	cXRequestID
+	cRequestID // the fallback of an empty X-Request-Id
+	cTenant
+	cConsumer
+	numFields
+)
+
+// requestVars returns the nginx variables of the request fields, indexed by
+// the c constants, with tenantVar as the tenant's.
+func requestVars(tenantVar string) [numFields]string {
+	return [numFields]string{
+		cRequestTime: "request_time",
+		cMethod:      "request_method",
+		cHost:        "host",
+		cURI:         "uri",
+		cRemoteAddr:  "remote_addr",
+		cUserAgent:   "http_user_agent",
+		cXRequestID:  "http_x_request_id",
+		cRequestID:   "request_id",
+		cTenant:      tenantVar,
+		cConsumer:    config.ClickHouseHeaderVar(core.ConsumerHeader),
+	}
+}
+
+// setField stores the value s of request field i in r, bounded to max
+// bytes. Fields are set in index order: request_id only fills in for an
+// empty X-Request-Id.
+func (r *row) setField(i int, s string, max int) {
+	switch i {
+	case cRequestTime:
+		r.latencyMs = parseLatencyMs(s)
+	case cMethod:
+		r.method = bound(s, max)
+	case cHost:
+		r.host = bound(s, max)
+	case cURI:
+		r.path = bound(s, max)
+	case cRemoteAddr:
+		r.clientIP = bound(s, max)
+	case cUserAgent:
+		r.userAgent = bound(s, max)
+	case cXRequestID:
+		r.requestID = bound(s, max)
+	case cRequestID:
+		if r.requestID == "" {
+			r.requestID = bound(s, max)
+		}
+	case cTenant:
+		r.tenant = bound(s, max)
+	case cConsumer:
+		r.consumer = bound(s, max)
+	}
+}
+
 // The composite variable (see docs/clickhouselogger.md): a version tag and
 // the request fields, joined by "\n", which cannot occur in a request header
 // value. A value whose field count is not exactly compositeFields (for
@@ -67,31 +134,15 @@ func parseLatencyMs(s string) uint32 {
 // back to single variables.
 const (
 	compositeTag    = "e1"
-	compositeFields = 11
-)
-
-// Indexes of the fields in the composite variable, after the tag.
-const (
-	cRequestTime = 1 + iota
-	cMethod
-	cHost
-	cURI
-	cRemoteAddr
-	cUserAgent
-	cXRequestID
-	cRequestID
-	cTenant
-	cConsumer
+	compositeFields = 1 + numFields // the tag and the request fields
 )
 
 // compositeSnippet returns the nginx map that defines the composite variable
 // named name, with tenantVar as its tenant field. The doc shows it.
 func compositeSnippet(name, tenantVar string) string {
-	vars := []string{"request_time", "request_method", "host", "uri", "remote_addr",
-		"http_user_agent", "http_x_request_id", "request_id", tenantVar, "http_x_edge_consumer"}
 	var b strings.Builder
 	b.WriteString("map $request_method $" + name + " {\n    default \"" + compositeTag)
-	for _, v := range vars {
+	for _, v := range requestVars(tenantVar) {
 		b.WriteString(`\n${` + v + `}`)
 	}
 	b.WriteString("\";\n}\n")
@@ -105,11 +156,11 @@ func parseComposite(v string, r *row, max int) bool {
 	if len(v) < len(compositeTag)+1 || v[:len(compositeTag)] != compositeTag || v[len(compositeTag)] != '\n' {
 		return false
 	}
-	var f [compositeFields]string
-	rest := v
-	for i := 0; i < compositeFields; i++ {
+	var f [numFields]string
+	rest := v[len(compositeTag)+1:]
+	for i := range f {
 		j := strings.IndexByte(rest, '\n')
-		if i == compositeFields-1 {
+		if i == numFields-1 {
 			if j >= 0 {
 				return false // more fields than expected
 			}
@@ -122,17 +173,8 @@ func parseComposite(v string, r *row, max int) bool {
 		f[i] = rest[:j]
 		rest = rest[j+1:]
 	}
-	r.latencyMs = parseLatencyMs(f[cRequestTime])
-	r.method = bound(f[cMethod], max)
-	r.host = bound(f[cHost], max)
-	r.path = bound(f[cURI], max)
-	r.clientIP = bound(f[cRemoteAddr], max)
-	r.userAgent = bound(f[cUserAgent], max)
-	r.requestID = bound(f[cXRequestID], max)
-	if r.requestID == "" {
-		r.requestID = bound(f[cRequestID], max)
+	for i, s := range f {
+		r.setField(i, s, max)
 	}
-	r.tenant = bound(f[cTenant], max)
-	r.consumer = bound(f[cConsumer], max)
 	return true
 }

@@ -175,19 +175,34 @@ func (s *spool) scan() error {
 	return nil
 }
 
-// recount refreshes the totals; s.mu is held.
+// recount refreshes the totals from the whole index; s.mu is held. write
+// and remove update them as they change the index.
 func (s *spool) recount() {
-	var b, r, oldest int64
+	var b, r int64
 	for _, f := range s.files {
 		b += f.size
 		r += f.rows
-		if oldest == 0 || (f.oldestMilli > 0 && f.oldestMilli < oldest) {
-			oldest = f.oldestMilli
-		}
 	}
 	s.bytes.Store(b)
 	s.rows.Store(r)
-	s.oldestMilli.Store(oldest)
+	s.oldestMilli.Store(oldestOf(s.files))
+}
+
+// older returns the older of two oldest-row times, where 0 means unknown.
+func older(a, b int64) int64 {
+	if a == 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// oldestOf returns the time of the oldest row in files, 0 when unknown.
+func oldestOf(files []spoolFile) int64 {
+	var o int64
+	for _, f := range files {
+		o = older(o, f.oldestMilli)
+	}
+	return o
 }
 
 // mine reports whether this process wrote the file.
@@ -265,13 +280,16 @@ func (s *spool) write(table string, rows []row) error {
 		return fmt.Errorf("write spool: %w", err)
 	}
 	syncDir(s.dir)
+	f := spoolFile{name: name, size: int64(len(data)), rows: int64(len(rows)), oldestMilli: oldest}
 	s.mu.Lock()
-	s.files = append(s.files, spoolFile{name: name, size: int64(len(data)), rows: int64(len(rows)), oldestMilli: oldest})
+	s.files = append(s.files, f)
 	// Another runner may have written a later name meanwhile: keep order.
 	if n := len(s.files); n > 1 && s.files[n-2].name > name {
 		sort.Slice(s.files, func(i, j int) bool { return s.files[i].name < s.files[j].name })
 	}
-	s.recount()
+	s.bytes.Add(f.size)
+	s.rows.Add(f.rows)
+	s.oldestMilli.Store(older(s.oldestMilli.Load(), f.oldestMilli))
 	s.mu.Unlock()
 	return nil
 }
@@ -334,14 +352,19 @@ func (s *spool) remove(f spoolFile) {
 		return
 	}
 	s.mu.Lock()
-	for i := range s.files {
-		if s.files[i].name == f.name {
-			s.files = append(s.files[:i], s.files[i+1:]...)
-			break
+	defer s.mu.Unlock()
+	for i, g := range s.files {
+		if g.name != f.name {
+			continue
 		}
+		s.files = append(s.files[:i], s.files[i+1:]...)
+		s.bytes.Add(-g.size)
+		s.rows.Add(-g.rows)
+		if g.oldestMilli > 0 && g.oldestMilli == s.oldestMilli.Load() {
+			s.oldestMilli.Store(oldestOf(s.files))
+		}
+		return
 	}
-	s.recount()
-	s.mu.Unlock()
 }
 
 // age returns the age of the oldest spooled row, 0 when the spool is empty.
