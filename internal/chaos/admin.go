@@ -6,27 +6,21 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/apisix-edge/edge-runner/testbed"
 )
 
 // statusDoc is the part of the runner's /status that the matrix reads.
 type statusDoc struct {
-	Started  time.Time `json:"started"`
 	Backends map[string]struct {
 		State  string         `json:"state"`
 		Detail map[string]any `json:"detail"`
 	} `json:"backends"`
 	Plugins struct {
-		RateLimit struct {
-			Decisions map[string]int64 `json:"decisions"`
-			Breaker   string           `json:"breaker"`
-		} `json:"ratelimit"`
 		Logger loggerSnap `json:"clickhouselogger"`
-		JWT    struct {
-			Accepted int64 `json:"accepted"`
-			Rejected int64 `json:"rejected"`
-		} `json:"jwtcache"`
 	} `json:"plugins"`
 }
 
@@ -68,22 +62,34 @@ func (d *statusDoc) backendState(name string) string {
 
 var adminClient = &http.Client{Timeout: 2 * time.Second}
 
-func fetchStatus(ctx context.Context, base string) (*statusDoc, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/status", nil)
+// adminGet reads base+path from the runner's admin listener; errors are
+// prefixed with the path's name ("status: …"). The status code is left to
+// the caller.
+func adminGet(ctx context.Context, base, path string) (body []byte, code int, err error) {
+	name := strings.TrimPrefix(path, "/")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 	if err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+		return nil, 0, fmt.Errorf("%s: %w", name, err)
 	}
 	resp, err := adminClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+		return nil, 0, fmt.Errorf("%s: %w", name, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+		return nil, 0, fmt.Errorf("%s: %w", name, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status: HTTP %d", resp.StatusCode)
+	return b, resp.StatusCode, nil
+}
+
+func fetchStatus(ctx context.Context, base string) (*statusDoc, error) {
+	b, code, err := adminGet(ctx, base, "/status")
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("status: HTTP %d", code)
 	}
 	var d statusDoc
 	if err := json.Unmarshal(b, &d); err != nil {
@@ -92,22 +98,28 @@ func fetchStatus(ctx context.Context, base string) (*statusDoc, error) {
 	return &d, nil
 }
 
-// fetchMetrics returns the /metrics text.
-func fetchMetrics(ctx context.Context, base string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+// fetchMetrics reads /metrics into series → value (testbed.ParseMetrics),
+// whatever the status code.
+func fetchMetrics(ctx context.Context, base string) (map[string]float64, error) {
+	b, _, err := adminGet(ctx, base, "/metrics")
 	if err != nil {
-		return "", fmt.Errorf("metrics: %w", err)
+		return nil, err
 	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("metrics: %w", err)
+	return testbed.ParseMetrics(string(b)), nil
+}
+
+// metricValue sums the series of metric name whose label set contains sel
+// (e.g. `outcome="accepted"`; "" for all); 0 for a nil m.
+func metricValue(m map[string]float64, name, sel string) float64 {
+	var sum float64
+	for series, v := range m {
+		labels, ok := strings.CutPrefix(series, name)
+		if !ok || (labels != "" && labels[0] != '{') || !strings.Contains(labels, sel) {
+			continue
+		}
+		sum += v
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return "", fmt.Errorf("metrics: %w", err)
-	}
-	return string(b), nil
+	return sum
 }
 
 // poll is one /status reading taken during a run.

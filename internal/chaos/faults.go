@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"strconv"
@@ -246,17 +245,8 @@ func (r *run) killRunner(ctx context.Context) error {
 	if err := r.runner.Kill(); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for r.runner.Restarts() < 1 {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("runner not respawned after 15 s: %v", r.runner.LastSpawnError())
-		}
-		if err := sleep(ctx, 10*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = r.runner.WaitReady(wctx)
+	wctx, cancel := context.WithTimeout(ctx, 25*time.Second) // the respawn (after 3 s), then readiness
+	err = r.runner.WaitRespawn(wctx, 1)
 	cancel()
 	if err != nil {
 		return err
@@ -325,30 +315,4 @@ func (r *run) killChecks() {
 	r.check("rows lost only from the killed runner's memory (never from the spool)", lost >= 0 && lost <= bound2,
 		"lost %d (logged %d, distinct rows %d); at most %d were neither inserted nor spooled at the kill", lost, r.res.Total.Logged, r.res.DistinctRows, bound2)
 	r.loggerRecovery()
-}
-
-// metricValue sums the samples of a metric whose label set contains sel
-// (e.g. `outcome="accepted"`) in a /metrics text.
-func metricValue(text, name, sel string) float64 {
-	var sum float64
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		if sel != "" && !strings.Contains(rest, sel) {
-			continue
-		}
-		i := strings.LastIndexByte(rest, ' ')
-		if v, err := strconv.ParseFloat(rest[i+1:], 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
 }

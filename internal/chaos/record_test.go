@@ -3,6 +3,8 @@ package chaos
 import (
 	"testing"
 	"time"
+
+	"github.com/apisix-edge/edge-runner/testbed"
 )
 
 func TestRecoveredAt(t *testing.T) {
@@ -68,7 +70,7 @@ apisix_edge_jwt_verifications_totally_other 100
 		want float64
 	}{{`outcome="accepted"`, 12}, {`outcome="rejected"`, 7}, {"", 19}}
 	for _, tt := range tests {
-		if got := metricValue(text, "apisix_edge_jwt_verifications_total", tt.sel); got != tt.want {
+		if got := metricValue(testbed.ParseMetrics(text), "apisix_edge_jwt_verifications_total", tt.sel); got != tt.want {
 			t.Errorf("metricValue(%q): got %v, want %v", tt.sel, got, tt.want)
 		}
 	}

@@ -57,9 +57,6 @@ type Result struct {
 	// written twice by a retried insert count once (delivery is at least
 	// once).
 	DistinctRows int64 `json:"distinct_rows"`
-	// JWTAccepted and JWTRejected are the runner's own counters (last
-	// runner process).
-	JWTAccepted, JWTRejected int64
 
 	Checks  []Check  `json:"checks"`
 	Notes   []string `json:"notes"`
@@ -115,7 +112,6 @@ func (r *run) judge(ctx context.Context) error {
 		return fmt.Errorf("final status: %w", err)
 	}
 	res.Log = final.Plugins.Logger
-	res.JWTAccepted, res.JWTRejected = final.Plugins.JWT.Accepted, final.Plugins.JWT.Rejected
 	n, err := r.env.ch.Count(sctx, r.table)
 	if err != nil {
 		return fmt.Errorf("count rows: %w", err)
@@ -148,46 +144,37 @@ func (r *run) judge(ctx context.Context) error {
 		// only within what failed attempts can explain.
 		r.check("no row lost or invented: distinct request ids in ClickHouse = inserted counter", int64(distinct) == l.Inserted,
 			"%d distinct, inserted %d", distinct, l.Inserted)
-		failed := r.failedInserts(sctx)
+		metrics, merr := fetchMetrics(sctx, r.admin)
+		// the runner's failed insert attempts (0 when /metrics is unreadable)
+		failed := metricValue(metrics, "apisix_edge_log_batch_seconds_count", `result="error"`)
 		r.check("duplicate rows only from inserts retried after a failed attempt (at most one batch each)",
 			float64(rows-distinct) <= failed*chaosBatchSize, "%d duplicate rows, %.0f failed insert attempts of at most %d rows",
 			rows-distinct, failed, chaosBatchSize)
+		r.metricChecks(metrics, merr)
 	} else {
 		r.check("no duplicate rows in ClickHouse (count() = distinct request ids)", rows == distinct,
 			"%d rows, %d distinct request ids", rows, distinct)
-	}
-	if !r.sc.restartsRunner {
-		r.metricChecks(sctx)
 	}
 	r.sc.judge(r)
 	return nil
 }
 
 // metricChecks cross-checks the client's counts with the runner's
-// /metrics (exactly: the load lets every request in flight finish).
-func (r *run) metricChecks(ctx context.Context) {
-	text, err := fetchMetrics(ctx, r.admin)
+// /metrics (exactly: the load lets every request in flight finish); err is
+// the error reading /metrics.
+func (r *run) metricChecks(metrics map[string]float64, err error) {
 	if err != nil {
 		r.check("/metrics readable", false, "%v", err)
 		return
 	}
 	tot := r.res.Total
-	acc := metricValue(text, "apisix_edge_jwt_verifications_total", `outcome="accepted"`)
+	acc := metricValue(metrics, "apisix_edge_jwt_verifications_total", `outcome="accepted"`)
 	r.check("/metrics jwt accepted = valid tokens the client saw pass",
 		acc == float64(tot.TokensOK), "metric %.0f, client %d", acc, tot.TokensOK)
-	deg := metricValue(text, "apisix_edge_ratelimit_decisions_total", `outcome="degraded_open"`)
+	deg := metricValue(metrics, "apisix_edge_ratelimit_decisions_total", `outcome="degraded_open"`)
 	seen := countWhere(r.window(r.loadStart, time.Time{}), func(s sample) bool { return s.rl == rlDegraded && s.status == 200 })
 	r.check("/metrics degraded_open decisions = degraded 200s the client saw",
 		deg == float64(seen), "metric %.0f, client %d", deg, seen)
-}
-
-// failedInserts is the runner's count of failed insert attempts.
-func (r *run) failedInserts(ctx context.Context) float64 {
-	text, err := fetchMetrics(ctx, r.admin)
-	if err != nil {
-		return 0
-	}
-	return metricValue(text, "apisix_edge_log_batch_seconds_count", `result="error"`)
 }
 
 // distinctRows returns count() and the number of distinct request ids of

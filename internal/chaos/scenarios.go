@@ -34,14 +34,7 @@ var scenarios = []*scenario{
 		id: 1, name: "Redis killed, then restarted",
 		expect: "ratelimit fails open (200/429 only, marked degraded), p99 near healthy, Redis-backed again within 3 s of the restart",
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.env.redis.Kill(); err != nil {
-				return err
-			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				return err
-			}
-			r.repairAt = time.Now()
-			return r.env.redis.Restart()
+			return r.outage(ctx, r.env.redis.Kill, r.env.redis.Restart, false)
 		},
 		judge: func(r *run) { r.redisChecks(true) },
 	},
@@ -49,15 +42,7 @@ var scenarios = []*scenario{
 		id: 2, name: "Redis frozen (SIGSTOP)",
 		expect: "same as a kill: no request waits on the frozen Redis beyond the breaker's first trips",
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.env.redis.Freeze(); err != nil {
-				return err
-			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				_ = r.env.redis.Thaw()
-				return err
-			}
-			r.repairAt = time.Now()
-			return r.env.redis.Thaw()
+			return r.outage(ctx, r.env.redis.Freeze, r.env.redis.Thaw, true)
 		},
 		judge: func(r *run) { r.redisChecks(true) },
 	},
@@ -75,14 +60,8 @@ var scenarios = []*scenario{
 			return nil
 		},
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.proxy.SetLatency(100 * time.Millisecond); err != nil {
-				return err
-			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				return err
-			}
-			r.repairAt = time.Now()
-			return r.proxy.ClearLatency()
+			inject := func() error { return r.proxy.SetLatency(100 * time.Millisecond) }
+			return r.outage(ctx, inject, r.proxy.ClearLatency, false)
 		},
 		judge: func(r *run) {
 			r.redisChecks(true)
@@ -109,8 +88,7 @@ var scenarios = []*scenario{
 		fault: func(ctx context.Context, r *run) error { return r.fillRedis(ctx) },
 		judge: func(r *run) {
 			r.statusChecks()
-			deg := countWhere(r.window(r.faultStart, r.faultEnd), func(s sample) bool { return s.rl == rlDegraded })
-			tot := countWhere(r.window(r.faultStart, r.faultEnd), func(s sample) bool { return s.rl != rlNone })
+			deg, tot := degradedOf(r.window(r.faultStart, r.faultEnd))
 			r.check(fmt.Sprintf("decisions stay Redis-backed at maxmemory (≤ %.0f%% degraded)", r.t.staysBacked*100),
 				tot > 0 && float64(deg) <= r.t.staysBacked*float64(tot), "%d of %d degraded", deg, tot)
 			r.check("Redis was at maxmemory: it evicted keys during the fault", r.evicted > 0,
@@ -160,14 +138,7 @@ var scenarios = []*scenario{
 		id: 6, name: "ClickHouse killed, then restarted (spool off)",
 		expect: "no request impact; rows lost in the outage are counted as dropped; inserts resume by themselves",
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.env.ch.Kill(); err != nil {
-				return err
-			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				return err
-			}
-			r.repairAt = time.Now()
-			return r.env.ch.Restart()
+			return r.outage(ctx, r.env.ch.Kill, r.env.ch.Restart, false)
 		},
 		judge: func(r *run) {
 			r.loggerChecks()
@@ -182,15 +153,7 @@ var scenarios = []*scenario{
 		expect:  "no request impact; rows wait in memory and the spool, nothing is lost, inserts resume after the thaw",
 		prepare: func(_ context.Context, r *run) error { r.conf.spool = true; return nil },
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.env.ch.Freeze(); err != nil {
-				return err
-			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				_ = r.env.ch.Thaw()
-				return err
-			}
-			r.repairAt = time.Now()
-			return r.env.ch.Thaw()
+			return r.outage(ctx, r.env.ch.Freeze, r.env.ch.Thaw, true)
 		},
 		judge: func(r *run) {
 			r.loggerChecks()
@@ -215,21 +178,20 @@ var scenarios = []*scenario{
 		expect:  "fail open and keep logging to the spool; both recover by themselves, no row lost",
 		prepare: func(_ context.Context, r *run) error { r.conf.spool = true; return nil },
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.env.redis.Kill(); err != nil {
-				return err
+			inject := func() error {
+				if err := r.env.redis.Kill(); err != nil {
+					return err
+				}
+				return r.env.ch.Kill()
 			}
-			if err := r.env.ch.Kill(); err != nil {
-				return err
+			repair := func() error {
+				if err := r.env.redis.Restart(); err != nil {
+					return err
+				}
+				r.redisBack = r.mark("redis back")
+				return r.env.ch.Restart()
 			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				return err
-			}
-			r.repairAt = time.Now()
-			if err := r.env.redis.Restart(); err != nil {
-				return err
-			}
-			r.redisBack = r.mark("redis back")
-			return r.env.ch.Restart()
+			return r.outage(ctx, inject, repair, false)
 		},
 		judge: func(r *run) {
 			r.redisChecks(true)
@@ -241,21 +203,20 @@ var scenarios = []*scenario{
 		id: 11, name: "JWKS and Redis down together",
 		expect: "tokens keep verifying from cache (outage < max_stale) while the limiter fails open; both recover",
 		fault: func(ctx context.Context, r *run) error {
-			if err := r.env.idp.Down(); err != nil {
-				return err
+			inject := func() error {
+				if err := r.env.idp.Down(); err != nil {
+					return err
+				}
+				return r.env.redis.Kill()
 			}
-			if err := r.env.redis.Kill(); err != nil {
-				return err
+			repair := func() error {
+				if err := r.env.redis.Restart(); err != nil {
+					return err
+				}
+				r.redisBack = r.mark("redis back")
+				return r.env.idp.Up()
 			}
-			if err := sleep(ctx, r.t.fault); err != nil {
-				return err
-			}
-			r.repairAt = time.Now()
-			if err := r.env.redis.Restart(); err != nil {
-				return err
-			}
-			r.redisBack = r.mark("redis back")
-			return r.env.idp.Up()
+			return r.outage(ctx, inject, repair, false)
 		},
 		judge: func(r *run) {
 			r.redisChecks(true)
@@ -296,9 +257,7 @@ var scenarios = []*scenario{
 			r.statusChecks()
 			rej := r.res.Total.TokensRejected
 			r.check("no valid token refused", rej == 0, "%d refused", rej)
-			w := r.window(r.faultStart, r.faultEnd)
-			deg := countWhere(w, func(s sample) bool { return s.rl == rlDegraded })
-			tot := countWhere(w, func(s sample) bool { return s.rl != rlNone })
+			deg, tot := degradedOf(r.window(r.faultStart, r.faultEnd))
 			r.check(fmt.Sprintf("rate limiting stays Redis-backed through the reload (≤ %.0f%% degraded)", r.t.staysBacked*100),
 				float64(deg) <= r.t.staysBacked*float64(tot), "%d of %d degraded", deg, tot)
 			r.latencyCheck("p99 during the reload", r.res.Fault.P99)
@@ -317,6 +276,32 @@ func countWhere(ss []sample, f func(sample) bool) int64 {
 		}
 	}
 	return n
+}
+
+// outage is the shape of most faults: inject, hold it for the fault's
+// length, then note when the repair began (r.repairAt) and repair. With
+// repairOnCancel, a run cancelled during the hold still repairs (best
+// effort), so that a frozen server is not left stopped.
+func (r *run) outage(ctx context.Context, inject, repair func() error, repairOnCancel bool) error {
+	if err := inject(); err != nil {
+		return err
+	}
+	if err := sleep(ctx, r.t.fault); err != nil {
+		if repairOnCancel {
+			_ = repair()
+		}
+		return err
+	}
+	r.repairAt = time.Now()
+	return repair()
+}
+
+// degradedOf counts, in ss, the decisions marked degraded and all the
+// decisions (samples the limiter decided).
+func degradedOf(ss []sample) (deg, tot int64) {
+	deg = countWhere(ss, func(s sample) bool { return s.rl == rlDegraded })
+	tot = countWhere(ss, func(s sample) bool { return s.rl != rlNone })
+	return deg, tot
 }
 
 // statusChecks: every valid request got 200 or 429 (the route never fails
@@ -399,9 +384,7 @@ func (r *run) redisRecovery() {
 	bound := time.Duration(3 * float64(time.Second) * r.t.slack)
 	r.check(fmt.Sprintf("Redis-backed decisions resume within %s", fmtDur(bound)), rec.OK && rec.D <= bound, "%s", rec)
 	if rec.OK {
-		w := r.window(first, r.loadEnd)
-		deg := countWhere(w, func(s sample) bool { return s.rl == rlDegraded })
-		tot := countWhere(w, func(s sample) bool { return s.rl != rlNone })
+		deg, tot := degradedOf(r.window(first, r.loadEnd))
 		r.check(fmt.Sprintf("once resumed, they stay Redis-backed (≤ %.0f%% degraded)", r.t.staysBacked*100),
 			float64(deg) <= r.t.staysBacked*float64(tot), "%d of %d degraded", deg, tot)
 	}
