@@ -15,7 +15,7 @@ import (
 
 // chlIdentity checks enqueued (+ inherited spool rows) = inserted + dropped
 // + pending, exactly, and returns the accounting.
-func chlIdentity(t *testing.T, e *chlEnv, inherited float64) chlAccount {
+func chlIdentity(t *testing.T, e *adminEnv, inherited float64) chlAccount {
 	t.Helper()
 	a := chlAccounting(t, e.admin)
 	st := chlStatus(t, e)
@@ -29,12 +29,12 @@ func chlIdentity(t *testing.T, e *chlEnv, inherited float64) chlAccount {
 
 // chlStatusView is the part of /status the tests read.
 type chlStatusView struct {
-	state                              core.State
-	spoolRows, spoolBytes, spoolAge    int64
-	inherited, replayed, spooledPlugin int64
+	state                 core.State
+	spoolRows, spoolBytes int64
+	inherited, replayed   int64
 }
 
-func chlStatus(t *testing.T, e *chlEnv) chlStatusView {
+func chlStatus(t *testing.T, e *adminEnv) chlStatusView {
 	t.Helper()
 	_, body := get(t, e.admin+"/status")
 	var st struct {
@@ -46,7 +46,6 @@ func chlStatus(t *testing.T, e *chlEnv) chlStatusView {
 			SpoolRows      int64 `json:"spool_rows"`
 			SpoolInherited int64 `json:"spool_inherited"`
 			Replayed       int64 `json:"replayed"`
-			Spooled        int64 `json:"spooled"`
 		} `json:"plugins"`
 	}
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
@@ -56,11 +55,11 @@ func chlStatus(t *testing.T, e *chlEnv) chlStatusView {
 	num := func(k string) int64 { v, _ := b.Detail[k].(float64); return int64(v) }
 	p := st.Plugins["clickhouselogger"]
 	return chlStatusView{state: b.State, spoolRows: num("spool_rows"), spoolBytes: num("spool_bytes"),
-		spoolAge: num("spool_oldest_age_seconds"), inherited: p.SpoolInherited, replayed: p.Replayed, spooledPlugin: p.Spooled}
+		inherited: p.SpoolInherited, replayed: p.Replayed}
 }
 
 // chlLoad drives c workers for d with distinct requests starting at from.
-func chlLoad(t *testing.T, e *chlEnv, route *testbed.Route, from, c int, d time.Duration) *testbed.LoadReport {
+func chlLoad(t *testing.T, e *adminEnv, route *testbed.Route, from, c int, d time.Duration) *testbed.LoadReport {
 	t.Helper()
 	rep, err := testbed.Load(context.Background(), testbed.LoadOptions{
 		Gateway: e.g, Route: route, Concurrency: c, Duration: d,
@@ -100,7 +99,7 @@ func TestCHLKilledUnderLoad(t *testing.T) {
 	}()
 	rep := chlLoad(t, e, route, 0, 8, 2*time.Second)
 	chlNoImpact(t, rep)
-	chlWait(t, 15*time.Second, "every row resolved", func() bool { return chlAccounting(t, e.admin).queue == 0 })
+	eventually(t, 15*time.Second, "every row resolved", func() bool { return chlAccounting(t, e.admin).queue == 0 })
 	if err := ch.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +126,7 @@ func TestCHLFreezeThenRestart(t *testing.T) {
 	e := chlStart(t, chlSection(ch.NativeAddr(), "  read_timeout: 10s\n  retries: {max_attempts: 4, backoff: 50ms, max_backoff: 200ms}\n"), testbed.RunnerOptions{})
 	route := chlRoute("freeze", `{}`)
 	chlDoAll(t, e, route, 0, 20, true)
-	chlWait(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 20 })
+	eventually(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 20 })
 	if err := ch.Freeze(); err != nil {
 		t.Fatal(err)
 	}
@@ -143,12 +142,12 @@ func TestCHLFreezeThenRestart(t *testing.T) {
 	if err := ch.Thaw(); err != nil {
 		t.Fatal(err)
 	}
-	chlWait(t, 15*time.Second, "rows after thaw", func() bool { return chlCount(ch, "edge_access_log") == 70 })
+	eventually(t, 15*time.Second, "rows after thaw", func() bool { return chlCount(ch, "edge_access_log") == 70 })
 	if err := ch.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	chlDoAll(t, e, route, 70, 30, true)
-	chlWait(t, 15*time.Second, "rows after restart", func() bool { return chlCount(ch, "edge_access_log") == 100 })
+	eventually(t, 15*time.Second, "rows after restart", func() bool { return chlCount(ch, "edge_access_log") == 100 })
 	a := chlIdentity(t, e, 0)
 	if a.dropped != 0 || a.inserted != 100 {
 		t.Errorf("got %+v, want 100 inserted and nothing dropped", a)
@@ -198,7 +197,7 @@ func TestCHLSIGTERMBoundedWhileFrozen(t *testing.T) {
 	e := chlStart(t, chlSection(ch.NativeAddr(), "  read_timeout: 30s\n  shutdown_flush: 1s\n"), testbed.RunnerOptions{NoRespawn: true})
 	route := chlRoute("term-frozen", `{}`)
 	chlDoAll(t, e, route, 0, 5, true)
-	chlWait(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 5 })
+	eventually(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 5 })
 	if err := ch.Freeze(); err != nil {
 		t.Fatal(err)
 	}
@@ -238,14 +237,14 @@ func TestCHLSpoolOutage(t *testing.T) {
 	e := chlStart(t, chlSection(ch.NativeAddr(), chlSpoolSection(t.TempDir(), 64<<20)), testbed.RunnerOptions{})
 	route := chlRoute("spool", `{"resp_headers":["X-Upstream-Id","Content-Type"]}`)
 	chlDoAll(t, e, route, 0, 10, true)
-	chlWait(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 10 })
+	eventually(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 10 })
 	if err := ch.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	rep := chlLoad(t, e, route, 10, 4, time.Second)
 	chlNoImpact(t, rep)
 	total := 10 + rep.Requests
-	chlWait(t, 10*time.Second, "rows spooled", func() bool {
+	eventually(t, 10*time.Second, "rows spooled", func() bool {
 		a := chlAccounting(t, e.admin)
 		return a.queue == 0 && a.spooled+a.inserted == float64(total)
 	})
@@ -257,7 +256,7 @@ func TestCHLSpoolOutage(t *testing.T) {
 	if err := ch.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	chlWait(t, 20*time.Second, "every row in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == total })
+	eventually(t, 20*time.Second, "every row in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == total })
 	a := chlIdentity(t, e, 0)
 	if a.dropped != 0 || a.replayed != a.spooled || a.replayed == 0 {
 		t.Errorf("got %+v, want nothing dropped and every spooled row replayed", a)
@@ -285,25 +284,24 @@ func TestCHLSpoolAcrossRunnerRestart(t *testing.T) {
 	}
 	const n = 150
 	chlDoAll(t, e, route, 0, n, true)
-	chlWait(t, 10*time.Second, "rows spooled", func() bool { return chlAccounting(t, e.admin).spooled == n })
+	eventually(t, 10*time.Second, "rows spooled", func() bool { return chlAccounting(t, e.admin).spooled == n })
 	if err := e.r.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	chlWait(t, 10*time.Second, "respawn", func() bool { return e.r.Restarts() == 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := e.r.WaitReady(ctx); err != nil {
+	if err := e.r.WaitRespawn(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	var st chlStatusView
-	chlWait(t, 10*time.Second, "the new runner to index the spool", func() bool { st = chlStatus(t, e); return st.spoolRows == n })
+	eventually(t, 10*time.Second, "the new runner to index the spool", func() bool { st = chlStatus(t, e); return st.spoolRows == n })
 	if st.inherited != n {
 		t.Errorf("got %d inherited rows, want %d", st.inherited, n)
 	}
 	if err := ch.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	chlWait(t, 20*time.Second, "the spooled rows in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == n })
+	eventually(t, 20*time.Second, "the spooled rows in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == n })
 	a := chlIdentity(t, e, n)
 	if a.replayed != n || a.dropped != 0 {
 		t.Errorf("got %+v, want %d replayed by the new runner and nothing dropped", a, n)
@@ -333,7 +331,7 @@ func TestCHLSpoolFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	chlNoImpact(t, rep)
-	chlWait(t, 10*time.Second, "every row resolved", func() bool {
+	eventually(t, 10*time.Second, "every row resolved", func() bool {
 		a := chlAccounting(t, e.admin)
 		return a.queue == 0 && a.spooled+a.dropped == 600
 	})
@@ -345,6 +343,6 @@ func TestCHLSpoolFull(t *testing.T) {
 	if err := ch.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	chlWait(t, 20*time.Second, "the spooled rows in ClickHouse", func() bool { return float64(chlCount(ch, "edge_access_log")) == a.spooled })
+	eventually(t, 20*time.Second, "the spooled rows in ClickHouse", func() bool { return float64(chlCount(ch, "edge_access_log")) == a.spooled })
 	chlIdentity(t, e, 0)
 }

@@ -13,13 +13,6 @@ import (
 	"github.com/apisix-edge/edge-runner/testbed/backing"
 )
 
-// chlEnv is one runner with the logger, its gateway and admin listener.
-type chlEnv struct {
-	r     *testbed.Runner
-	g     *testbed.Gateway
-	admin string // http://127.0.0.1:port
-}
-
 // chlSection is a clickhouse section pointing at addr, with small batches
 // and short waits for tests. extra holds indented YAML lines: a top-level
 // key in it replaces the default of the same key.
@@ -43,17 +36,9 @@ func chlSection(addr, extra string) string {
 }
 
 // chlStart spawns the runner with section and an admin listener.
-func chlStart(t *testing.T, section string, opts testbed.RunnerOptions) *chlEnv {
+func chlStart(t *testing.T, section string, opts testbed.RunnerOptions) *adminEnv {
 	t.Helper()
-	port, err := backing.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf("admin:\n  listen: 127.0.0.1:%d\nshutdown_timeout: 4s\n", port) + section
-	r := startRunner(t, cfg, opts)
-	g := newGateway(t, r)
-	r.OnExit(func(testbed.ExitInfo) { g.FlushTokens() })
-	return &chlEnv{r: r, g: g, admin: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	return startWithAdmin(t, "shutdown_timeout: 4s\n"+section, opts)
 }
 
 // chlCH starts a clickhouse-server for one test.
@@ -133,21 +118,20 @@ func chlMetrics(t *testing.T, admin string) map[string]float64 {
 
 // chlAccount is the logger's row accounting read from /metrics.
 type chlAccount struct {
-	enqueued, inserted, dropped, queue, spooled, replayed, sampledOut float64
-	byReason                                                          map[string]float64
+	enqueued, inserted, dropped, queue, spooled, replayed float64
+	byReason                                              map[string]float64
 }
 
 func chlAccounting(t *testing.T, admin string) chlAccount {
 	t.Helper()
 	m := chlMetrics(t, admin)
 	a := chlAccount{
-		enqueued:   m["apisix_edge_log_rows_enqueued_total"],
-		inserted:   m["apisix_edge_log_rows_inserted_total"],
-		queue:      m["apisix_edge_log_queue_rows"],
-		spooled:    m["apisix_edge_log_rows_spooled_total"],
-		replayed:   m["apisix_edge_log_rows_replayed_total"],
-		sampledOut: m["apisix_edge_log_rows_sampled_out_total"],
-		byReason:   map[string]float64{},
+		enqueued: m["apisix_edge_log_rows_enqueued_total"],
+		inserted: m["apisix_edge_log_rows_inserted_total"],
+		queue:    m["apisix_edge_log_queue_rows"],
+		spooled:  m["apisix_edge_log_rows_spooled_total"],
+		replayed: m["apisix_edge_log_rows_replayed_total"],
+		byReason: map[string]float64{},
 	}
 	for _, r := range []string{"queue_full", "insert_failed", "spool_full", "shutdown", "invalid"} {
 		v := m[`apisix_edge_log_rows_dropped_total{reason="`+r+`"}`]
@@ -155,18 +139,6 @@ func chlAccounting(t *testing.T, admin string) chlAccount {
 		a.dropped += v
 	}
 	return a
-}
-
-// chlWait polls cond until it holds or the deadline passes.
-func chlWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // chlCount counts the rows of table, -1 when the server does not answer.
@@ -182,7 +154,7 @@ func chlCount(ch *backing.ClickHouse, table string) int64 {
 
 // chlDoAll sends n requests from spec 0..n-1 and checks each is answered as
 // the upstream answered, with the upstream's headers.
-func chlDoAll(t *testing.T, e *chlEnv, route *testbed.Route, from, n int, composite bool) {
+func chlDoAll(t *testing.T, e *adminEnv, route *testbed.Route, from, n int, composite bool) {
 	t.Helper()
 	for i := from; i < from+n; i++ {
 		s := chlSpec(i)

@@ -87,7 +87,7 @@ func TestCHLRowsLand(t *testing.T) {
 	if got, want := st.ExtraInfo-before.ExtraInfo, int64(3*n); got != want {
 		t.Errorf("got %d ExtraInfo round trips for %d requests, want %d (composite + route_id + one req header)", got, n, want)
 	}
-	chlWait(t, 10*time.Second, "rows in clickhouse", func() bool { return chlCount(ch, "edge_access_log") == n })
+	eventually(t, 10*time.Second, "rows in clickhouse", func() bool { return chlCount(ch, "edge_access_log") == n })
 	rows := chlRows(t, ch, "edge_access_log")
 	for i := 0; i < n; i++ {
 		chlCheckRow(t, i, rows[chlSpec(i).reqID], "r1", true, true)
@@ -99,7 +99,7 @@ func TestCHLRowsLand(t *testing.T) {
 	if got := e.g.Stats().ExtraInfo - before.ExtraInfo; got != 10 {
 		t.Errorf("with route_id in the conf: got %d round trips for 10 requests, want 10", got)
 	}
-	chlWait(t, 10*time.Second, "rows in the route's table", func() bool { return chlCount(ch, "edge_other") == 10 })
+	eventually(t, 10*time.Second, "rows in the route's table", func() bool { return chlCount(ch, "edge_other") == 10 })
 	rows = chlRows(t, ch, "edge_other")
 	chlCheckRow(t, n+3, rows[chlSpec(n+3).reqID], "checkout", false, false)
 
@@ -130,7 +130,7 @@ func TestCHLFallbackSingleVars(t *testing.T) {
 	if got := e.g.Stats().ExtraInfo - before.ExtraInfo; got != 9*10 {
 		t.Errorf("next requests: got %d round trips for 9, want %d (the composite is not asked again for a minute)", got, 9*10)
 	}
-	chlWait(t, 10*time.Second, "rows", func() bool { return chlCount(ch, "edge_access_log") == 10 })
+	eventually(t, 10*time.Second, "rows", func() bool { return chlCount(ch, "edge_access_log") == 10 })
 	rows := chlRows(t, ch, "edge_access_log")
 	for i := 0; i < 10; i++ {
 		chlCheckRow(t, i, rows[chlSpec(i).reqID], "fb", false, false)

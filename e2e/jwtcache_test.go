@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/apisix-edge/edge-runner/testbed"
-	"github.com/apisix-edge/edge-runner/testbed/backing"
 	"github.com/apisix-edge/edge-runner/testbed/idp"
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -94,15 +93,6 @@ func (i *jwtIdP) publish(keys ...*idp.Key) {
 	}
 }
 
-// set makes the endpoint answer status (and body instead of the JWKS when
-// not nil) after delay.
-func (i *jwtIdP) set(status int, body []byte, delay time.Duration) { i.Respond(status, body, delay) }
-
-func (i *jwtIdP) hitCount() int { return i.Hits() }
-
-// down stops listening: fetches get connection refused.
-func (i *jwtIdP) down() { _ = i.Down() }
-
 // jwtSign signs a token with k; claims override the defaults (sub user-1,
 // iss, aud api, iat now, exp in an hour); a nil value deletes a claim.
 func jwtSign(t *testing.T, k *idp.Key, claims map[string]any) string {
@@ -114,30 +104,17 @@ func jwtSign(t *testing.T, k *idp.Key, claims map[string]any) string {
 	return s
 }
 
-type jwtEnv struct {
-	r     *testbed.Runner
-	g     *testbed.Gateway
-	admin string
-}
-
 // jwtStart starts a runner whose config is the jwks section (indented
 // under "jwks:") plus an admin listener.
-func jwtStart(t *testing.T, jwks string, opts testbed.RunnerOptions) *jwtEnv {
+func jwtStart(t *testing.T, jwks string, opts testbed.RunnerOptions) *adminEnv {
 	t.Helper()
-	port, err := backing.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf("admin:\n  listen: 127.0.0.1:%d\njwks:\n%s", port, jwks)
-	r := startRunner(t, cfg, opts)
-	g := newGateway(t, r)
-	r.OnExit(func(testbed.ExitInfo) { g.FlushTokens() })
+	e := startWithAdmin(t, "jwks:\n"+jwks, opts)
 	t.Cleanup(func() { // a runner built with E2E_RACE=1 reports races on its stderr
-		if out := r.Output(); strings.Contains(out, "WARNING: DATA RACE") {
+		if out := e.r.Output(); strings.Contains(out, "WARNING: DATA RACE") {
 			t.Errorf("data race in the runner:\n%s", out)
 		}
 	})
-	return &jwtEnv{r: r, g: g, admin: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	return e
 }
 
 func jwtProvider(name, url, extra string) string {
@@ -157,7 +134,7 @@ func jwtBearer(tok string, extra ...string) *testbed.Request {
 }
 
 // jwtStatus reads one backend of /status.
-func (e *jwtEnv) jwtStatus(t *testing.T, backend string) (string, map[string]any) {
+func (e *adminEnv) jwtStatus(t *testing.T, backend string) (string, map[string]any) {
 	t.Helper()
 	_, body := get(t, e.admin+"/status")
 	var st struct {
@@ -173,29 +150,15 @@ func (e *jwtEnv) jwtStatus(t *testing.T, backend string) (string, map[string]any
 	return b.State, b.Detail
 }
 
-func (e *jwtEnv) metrics(t *testing.T) string {
+func (e *adminEnv) metrics(t *testing.T) string {
 	t.Helper()
 	_, body := get(t, e.admin+"/metrics")
 	return body
 }
 
-// jwtEventually polls cond until it holds or the deadline passes.
-func jwtEventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for time.Since(start) < within {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s", what, within)
-	return 0
-}
-
 func jwtWaitFetched(t *testing.T, idp *jwtIdP, n int) {
 	t.Helper()
-	jwtEventually(t, 5*time.Second, "jwks fetched", func() bool { return idp.hitCount() >= n })
+	eventually(t, 5*time.Second, "jwks fetched", func() bool { return idp.Hits() >= n })
 }
 
 // TestJWTMatrix drives valid and invalid tokens (RS256, ES256, EdDSA and
@@ -346,13 +309,13 @@ func TestJWTKeyRotation(t *testing.T) {
 	if res := do(t, e.g, route, jwtBearer(old)); res.Status != 200 {
 		t.Fatalf("k1 before rotation: got %d, want 200", res.Status)
 	}
-	hits := idp.hitCount()
+	hits := idp.Hits()
 	idp.publish(jwtRS("k1", 0), jwtRS("k2", 1))
 	if res := do(t, e.g, route, jwtBearer(jwtSign(t, jwtRS("k2", 1), nil))); res.Status != 200 {
 		t.Fatalf("first k2 token after rotation: got %d, want 200 (refresh on unknown kid)", res.Status)
 	}
-	if idp.hitCount() != hits+1 {
-		t.Fatalf("got %d fetches for the new kid, want exactly 1", idp.hitCount()-hits)
+	if idp.Hits() != hits+1 {
+		t.Fatalf("got %d fetches for the new kid, want exactly 1", idp.Hits()-hits)
 	}
 	idp.publish(jwtRS("k2", 1))
 	time.Sleep(60 * time.Millisecond) // past unknown_kid_min_interval
@@ -375,9 +338,9 @@ func TestJWTOutageUntilMaxStale(t *testing.T) {
 	idp := jwtNewIdP(t, jwtRS("k1", 0))
 	e := jwtStart(t, "  providers:\n"+jwtProvider("main", idp.URL, "      refresh_interval: 1s\n      max_stale: 4s\n"), testbed.RunnerOptions{})
 	route := jwtRoute("r", `{"provider":"main"}`)
-	jwtEventually(t, 5*time.Second, "provider ok", func() bool { s, _ := e.jwtStatus(t, "jwks:main"); return s == "ok" })
-	idp.set(503, []byte("maintenance"), 0)
-	jwtEventually(t, 5*time.Second, "provider degraded", func() bool { s, _ := e.jwtStatus(t, "jwks:main"); return s == "degraded" })
+	eventually(t, 5*time.Second, "provider ok", func() bool { s, _ := e.jwtStatus(t, "jwks:main"); return s == "ok" })
+	idp.Respond(503, []byte("maintenance"), 0)
+	eventually(t, 5*time.Second, "provider degraded", func() bool { s, _ := e.jwtStatus(t, "jwks:main"); return s == "degraded" })
 	// The keys are at most ~2 s old here: fresh tokens (no cache entry)
 	// still verify.
 	if res := do(t, e.g, route, jwtBearer(jwtSign(t, jwtRS("k1", 0), map[string]any{"jti": "fresh"}))); res.Status != 200 {
@@ -386,7 +349,7 @@ func TestJWTOutageUntilMaxStale(t *testing.T) {
 	down := time.Now()
 	cached := jwtSign(t, jwtRS("k1", 0), nil)
 	do(t, e.g, route, jwtBearer(cached))
-	jwtEventually(t, 8*time.Second, "fail closed", func() bool {
+	eventually(t, 8*time.Second, "fail closed", func() bool {
 		return do(t, e.g, route, jwtBearer(cached)).Status != 200
 	})
 	took := time.Since(down)
@@ -398,7 +361,7 @@ func TestJWTOutageUntilMaxStale(t *testing.T) {
 	if res.Status != 503 || res.UpstreamCalled {
 		t.Fatalf("past max_stale: got %d (upstream %v), want 503 without the upstream", res.Status, res.UpstreamCalled)
 	}
-	jwtEventually(t, 3*time.Second, "status down", func() bool { s, _ := e.jwtStatus(t, "jwks:main"); return s == "down" })
+	eventually(t, 3*time.Second, "status down", func() bool { s, _ := e.jwtStatus(t, "jwks:main"); return s == "down" })
 	if m := e.metrics(t); !strings.Contains(m, `apisix_edge_jwks_stale{provider="main"} 1`) ||
 		!strings.Contains(m, `apisix_edge_jwt_verifications_total{outcome="rejected",reason="keys_unavailable"}`) ||
 		!strings.Contains(m, `apisix_edge_jwks_fetches_total{provider="main",result="error"}`) {
@@ -407,8 +370,8 @@ func TestJWTOutageUntilMaxStale(t *testing.T) {
 	if out := e.r.Output(); !strings.Contains(out, "jwks:main") || !strings.Contains(out, "down") {
 		t.Errorf("runner log does not say jwks:main went down:\n%s", out)
 	}
-	idp.set(200, nil, 0)
-	back := jwtEventually(t, 5*time.Second, "recovery", func() bool { return do(t, e.g, route, jwtBearer(cached)).Status == 200 })
+	idp.Respond(200, nil, 0)
+	back := eventually(t, 5*time.Second, "recovery", func() bool { return do(t, e.g, route, jwtBearer(cached)).Status == 200 })
 	t.Logf("verifying again %s after the IdP came back", back.Round(10*time.Millisecond))
 	if s, _ := e.jwtStatus(t, "jwks:main"); s != "ok" {
 		t.Fatalf("after recovery: got state %s, want ok", s)
@@ -426,21 +389,20 @@ func TestJWTRestartDuringOutageUsesSnapshot(t *testing.T) {
 		jwtProvider("nosnap", idp.URL, "      refresh_interval: 1s\n      max_stale: 1m\n"),
 		testbed.RunnerOptions{RespawnDelay: 200 * time.Millisecond})
 	withSnap, without := jwtRoute("snap", `{"provider":"main"}`), jwtRoute("nosnap", `{"provider":"nosnap"}`)
-	jwtEventually(t, 5*time.Second, "snapshot written", func() bool { _, err := os.Stat(snap); return err == nil })
+	eventually(t, 5*time.Second, "snapshot written", func() bool { _, err := os.Stat(snap); return err == nil })
 	tok := jwtSign(t, jwtRS("k1", 0), nil)
 	for _, r := range []*testbed.Route{withSnap, without} {
 		if res := do(t, e.g, r, jwtBearer(tok)); res.Status != 200 {
 			t.Fatalf("%s before the outage: got %d, want 200", r.ID, res.Status)
 		}
 	}
-	idp.down() // connection refused from now on
+	_ = idp.Down() // connection refused from now on
 	if err := e.r.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	jwtEventually(t, 10*time.Second, "respawn", func() bool { return e.r.Restarts() >= 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := e.r.WaitReady(ctx); err != nil {
+	if err := e.r.WaitRespawn(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	fresh := jwtSign(t, jwtRS("k1", 0), map[string]any{"jti": "after-restart"})
@@ -462,13 +424,13 @@ func TestJWTPrewarm(t *testing.T) {
 	idp := jwtNewIdP(t, jwtRS("k1", 0))
 	e := jwtStart(t, "  providers:\n"+jwtProvider("main", idp.URL, ""), testbed.RunnerOptions{})
 	jwtWaitFetched(t, idp, 1)
-	hits := idp.hitCount()
+	hits := idp.Hits()
 	res := do(t, e.g, jwtRoute("r", `{"provider":"main"}`), jwtBearer(jwtSign(t, jwtRS("k1", 0), nil)))
 	if res.Status != 200 {
 		t.Fatalf("first request: got %d, want 200", res.Status)
 	}
-	if idp.hitCount() != hits {
-		t.Fatalf("got %d fetches during the first request, want 0 (pre-warmed)", idp.hitCount()-hits)
+	if idp.Hits() != hits {
+		t.Fatalf("got %d fetches during the first request, want 0 (pre-warmed)", idp.Hits()-hits)
 	}
 	t.Logf("first request (PrepareConf + verification): %s", res.Latency)
 }
@@ -477,7 +439,7 @@ func TestJWTPrewarm(t *testing.T) {
 // first_fetch_wait (before the first keys) or unknown_kid_wait.
 func TestJWTWaitsAreBounded(t *testing.T) {
 	idp := jwtNewIdP(t, jwtRS("k1", 0))
-	idp.set(200, nil, 1500*time.Millisecond)
+	idp.Respond(200, nil, 1500*time.Millisecond)
 	e := jwtStart(t, "  first_fetch_wait: 200ms\n  unknown_kid_wait: 200ms\n  unknown_kid_min_interval: 50ms\n  providers:\n"+
 		jwtProvider("main", idp.URL, "      fetch_timeout: 5s\n"), testbed.RunnerOptions{})
 	route := jwtRoute("r", `{"provider":"main"}`)
@@ -489,7 +451,7 @@ func TestJWTWaitsAreBounded(t *testing.T) {
 		t.Fatalf("before the first keys: got %d after %s, want 503 within ~200ms", res.Status, took)
 	}
 	t.Logf("request before the first fetch answered in %s (first_fetch_wait 200ms)", took.Round(time.Millisecond))
-	jwtEventually(t, 5*time.Second, "first keys", func() bool { return do(t, e.g, route, jwtBearer(tok)).Status == 200 })
+	eventually(t, 5*time.Second, "first keys", func() bool { return do(t, e.g, route, jwtBearer(tok)).Status == 200 })
 	start = time.Now()
 	res = do(t, e.g, route, jwtBearer(jwtSign(t, jwtRS("k9", 0), nil)))
 	took = time.Since(start)
@@ -506,8 +468,8 @@ func TestJWTBadJWKSKeepsKeys(t *testing.T) {
 	route := jwtRoute("r", `{"provider":"main"}`)
 	jwtWaitFetched(t, idp, 1)
 	for _, body := range [][]byte{[]byte("<html>login</html>"), []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`), []byte(strings.Repeat(" ", 5000) + "{}")} {
-		idp.set(200, body, 0)
-		n := idp.hitCount()
+		idp.Respond(200, body, 0)
+		n := idp.Hits()
 		jwtWaitFetched(t, idp, n+1)
 		time.Sleep(50 * time.Millisecond) // let the runner process that answer
 		if res := do(t, e.g, route, jwtBearer(jwtSign(t, jwtRS("k1", 0), nil))); res.Status != 200 {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync/atomic"
 	"testing"
@@ -25,18 +24,6 @@ import (
 // These are measurements, not assertions: they log and report metrics.
 
 const rlBenchConc = 64
-
-// rlStartRunner is startRunner for benchmarks.
-func rlStartRunner(tb testing.TB, cfg string, opts testbed.RunnerOptions) *testbed.Runner {
-	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "go-runner.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	opts.Path = runnerBin
-	opts.Args = []string{"run", "-c", path}
-	return testbed.MustStartRunner(tb, opts)
-}
 
 func rlLoad(b *testing.B, g *testbed.Gateway, route *testbed.Route, d time.Duration, newReq func(w, i int) *testbed.Request, interval time.Duration) *testbed.LoadReport {
 	b.Helper()
@@ -70,9 +57,8 @@ func BenchmarkRLThroughput(b *testing.B) {
 	for _, pipe := range []bool{true, false} {
 		b.Run(fmt.Sprintf("pipeline=%v", pipe), func(b *testing.B) {
 			cfg := rlConfig(0, rlStandalone(rd.Addr())+fmt.Sprintf("  pipeline: %v\n", pipe))
-			r := rlStartRunner(b, cfg, testbed.RunnerOptions{})
-			g := testbed.NewGateway(r.SocketPath(), testbed.GatewayOptions{})
-			defer g.Close()
+			r := startRunner(b, cfg, testbed.RunnerOptions{})
+			g := newGateway(b, r)
 			noop := emptyRoute("noop")
 			healthy := rlRoute("rl-healthy", `{"limit":1000000,"window":"1s"}`)
 			over := rlRoute("rl-over", `{"limit":10,"window":"1h"}`)
@@ -116,9 +102,8 @@ func BenchmarkRLFaults(b *testing.B) {
 				px = backing.MustProxy(b, rd.Addr())
 				addr = px.Addr()
 			}
-			r := rlStartRunner(b, rlConfig(0, rlStandalone(addr)), testbed.RunnerOptions{})
-			g := testbed.NewGateway(r.SocketPath(), testbed.GatewayOptions{})
-			defer g.Close()
+			r := startRunner(b, rlConfig(0, rlStandalone(addr)), testbed.RunnerOptions{})
+			g := newGateway(b, r)
 			route := rlRoute("rl-fault", `{"limit":1000000,"window":"1s"}`)
 			rlLoad(b, g, route, 500*time.Millisecond, rlDistinct, 0) // warm up
 			base := rlLoad(b, g, emptyRoute("noop"), 2*time.Second, nil, 0)

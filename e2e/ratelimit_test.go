@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,42 +173,35 @@ type rlOutcome struct {
 func rlHammer(g *testbed.Gateway, route *testbed.Route, c int, stop <-chan struct{}) func() []rlOutcome {
 	var mu sync.Mutex
 	var out []rlOutcome
-	var wg sync.WaitGroup
-	var n atomic.Int64
-	for w := 0; w < c; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				i := n.Add(1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = testbed.Load(context.Background(), testbed.LoadOptions{
+			Gateway: g, Route: route, Concurrency: c, Duration: time.Hour, Stop: stop,
+			RequestTimeout: 10 * time.Second,
+			NewRequest: func(_, i int) *testbed.Request {
+				n := i + 1 // numbered from 1
 				// Half the traffic on one hot key (limited), half on fresh
 				// keys (allowed), so that Redis is asked all the time.
-				req := rlReq("198.51.100.1")
-				if i%2 == 1 {
-					req = rlReq(fmt.Sprintf("10.%d.%d.%d", byte(i>>16), byte(i>>8), byte(i)))
+				if n%2 == 1 {
+					return rlReq(fmt.Sprintf("10.%d.%d.%d", byte(n>>16), byte(n>>8), byte(n)))
 				}
-				start := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				res, err := g.Do(ctx, route, req)
-				cancel()
-				o := rlOutcome{start: start, end: time.Now()}
-				if err == nil {
-					o.status = res.Status
-					o.degraded = res.Headers.Get("X-RateLimit-Status") == "degraded"
+				return rlReq("198.51.100.1")
+			},
+			OnResult: func(lr testbed.LoadResult) {
+				o := rlOutcome{start: lr.Start, end: lr.Start.Add(lr.Latency)}
+				if lr.Err == nil {
+					o.status = lr.Result.Status
+					o.degraded = lr.Result.Headers.Get("X-RateLimit-Status") == "degraded"
 				}
 				mu.Lock()
 				out = append(out, o)
 				mu.Unlock()
-			}
-		}()
-	}
+			},
+		})
+	}()
 	return func() []rlOutcome {
-		wg.Wait()
+		<-done
 		mu.Lock()
 		defer mu.Unlock()
 		return out

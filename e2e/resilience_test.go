@@ -25,8 +25,8 @@ func TestResilienceMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name                  string
-		redis, ch, jwks, none bool // which are taken down
+		name            string
+		redis, ch, jwks bool // which are taken down
 	}{
 		{name: "redis", redis: true},
 		{name: "clickhouse", ch: true},
@@ -103,11 +103,11 @@ jwks:
 
 			// Healthy: keys fetched (the first request waits for them only
 			// briefly), decisions by Redis, rows inserted.
-			chlWait(t, 5*time.Second, "JWKS fetched", func() bool { return jw.Hits() > 0 })
+			eventually(t, 5*time.Second, "JWKS fetched", func() bool { return jw.Hits() > 0 })
 			if d := send(0, 5); d != 0 {
 				t.Fatalf("healthy: %d of 5 responses degraded, want 0", d)
 			}
-			chlWait(t, 10*time.Second, "5 rows inserted", func() bool { return chlAccounting(t, admin).inserted == 5 })
+			eventually(t, 10*time.Second, "5 rows inserted", func() bool { return chlAccounting(t, admin).inserted == 5 })
 
 			if tc.redis {
 				if err := rd.Kill(); err != nil {
@@ -136,14 +136,14 @@ jwks:
 			if tc.ch {
 				// Rows wait in memory (spool off) and are counted: the
 				// accounting identity holds exactly, nothing was inserted.
-				chlWait(t, 10*time.Second, "rows accounted", func() bool { return chlAccounting(t, admin).enqueued == want })
+				eventually(t, 10*time.Second, "rows accounted", func() bool { return chlAccounting(t, admin).enqueued == want })
 				a := chlAccounting(t, admin)
 				if a.inserted != 5 || a.enqueued != a.inserted+a.dropped+a.queue {
 					t.Errorf("ClickHouse down: enqueued %v inserted %v dropped %v pending %v; want 5 inserted and enqueued = inserted + dropped + pending",
 						a.enqueued, a.inserted, a.dropped, a.queue)
 				}
 			} else {
-				chlWait(t, 10*time.Second, fmt.Sprintf("%v rows inserted", want), func() bool { return chlAccounting(t, admin).inserted == want })
+				eventually(t, 10*time.Second, fmt.Sprintf("%v rows inserted", want), func() bool { return chlAccounting(t, admin).inserted == want })
 			}
 			m := chlMetrics(t, admin)
 			for name, v := range m {

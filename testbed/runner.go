@@ -384,6 +384,21 @@ func (r *Runner) WaitReady(ctx context.Context) error {
 	}
 }
 
+// WaitRespawn waits until the runner has been respawned n times in all
+// (Restarts() >= n: after Kill, or a crash, and RespawnDelay), then until
+// the new process's socket accepts a connection (WaitReady). ctx bounds
+// both waits.
+func (r *Runner) WaitRespawn(ctx context.Context, n int) error {
+	for r.Restarts() < n {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait respawn: %w (%d of %d respawns; last spawn error: %v)", ctx.Err(), r.Restarts(), n, r.LastSpawnError())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return r.WaitReady(ctx)
+}
+
 // terminate sends SIGTERM, then SIGKILL after grace (or when ctx ends), and
 // waits for the process to be reaped.
 func terminate(ctx context.Context, p *proc, grace time.Duration) {

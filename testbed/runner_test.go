@@ -71,3 +71,25 @@ func TestRunnerSignalTerm(t *testing.T) {
 		t.Errorf("Kill after Stop: got nil error, want one")
 	}
 }
+
+func TestRunnerWaitRespawn(t *testing.T) {
+	r := startFixture(t, testbed.RunnerOptions{RespawnDelay: 200 * time.Millisecond})
+	pid := r.PID()
+	if err := r.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.WaitRespawn(ctx, 1); err != nil {
+		t.Fatalf("WaitRespawn(1): %v", err)
+	}
+	if r.Restarts() != 1 || r.PID() == 0 || r.PID() == pid {
+		t.Errorf("after WaitRespawn: got restarts %d pid %d, want 1 and a new pid (old %d)", r.Restarts(), r.PID(), pid)
+	}
+	// no exit, no respawn: a second one is never reached
+	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := r.WaitRespawn(short, 2); err == nil {
+		t.Errorf("WaitRespawn(2) without a second exit: got nil error, want the deadline")
+	}
+}
