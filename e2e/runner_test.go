@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apisix-edge/edge-runner/internal/core"
 	"github.com/apisix-edge/edge-runner/testbed"
 	"github.com/apisix-edge/edge-runner/testbed/backing"
 )
@@ -193,6 +194,39 @@ func TestReloadUnderLoadCostsNothing(t *testing.T) {
 	m := regexp.MustCompile(`runner drained.*"handed_over": (\d+), "closed_idle": (\d+)`).FindStringSubmatch(r.Output())
 	if m == nil || m[1] == "0" || m[2] != "0" {
 		t.Errorf("old runner's drain: got %q, want connections handed over and none closed\n%s", m, r.Output())
+	}
+}
+
+// TestReloadStaleTokenNamesNoOtherConf: APISIX sends the conf tokens it
+// holds on whatever connection it has, so after a reload a worker can send
+// a token the old runner issued to the new one (on a handed-over
+// connection, or a new one). The new runner must not read it as one of its
+// own tokens, which could run another route's plugins (a protected route
+// without its auth or limit): it must answer "conf token not found", so
+// that APISIX prepares the conf again.
+func TestReloadStaleTokenNamesNoOtherConf(t *testing.T) {
+	r := startRunner(t, "", testbed.RunnerOptions{})
+	old := newGateway(t, r) // keeps its tokens across the reload
+	protected := &testbed.Route{ID: "protected", PreReq: []testbed.PluginConf{{Name: "ratelimit", Value: `{"limit":0,"window":"1s"}`}}}
+	if res := do(t, old, protected, nil); res.Status != 500 {
+		t.Fatalf("protected route before the reload: got %d, want 500 (invalid conf fails closed)", res.Status)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Reload(ctx); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	// A new worker prepares an open route on the new runner first.
+	fresh := newGateway(t, r)
+	if res := do(t, fresh, emptyRoute("open"), nil); res.Status != 200 {
+		t.Fatalf("open route on the new runner: got %d, want 200", res.Status)
+	}
+	res := do(t, old, protected, nil)
+	if res.Status != 500 || res.UpstreamCalled || string(res.Body) != core.InvalidConfBody {
+		t.Errorf("protected route with the old runner's token: got %d, upstream called %v, body %q; want 500 %s", res.Status, res.UpstreamCalled, res.Body, core.InvalidConfBody)
+	}
+	if got := old.Stats().TokenRetries; got != 1 {
+		t.Errorf("conf token not found answers: got %d, want 1 (the stale token refused once)", got)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
+	pc "github.com/api7/ext-plugin-proto/go/A6/PrepareConf"
+	flatbuffers "github.com/google/flatbuffers/go"
 	"github.com/apisix-edge/edge-runner/testbed"
 	"go.uber.org/zap/zapcore"
 )
@@ -242,5 +244,51 @@ func TestHandOverWithoutNewRunnerFails(t *testing.T) {
 	}
 	if s.closing.Load() {
 		t.Errorf("closing after a failed handOver: got true, want false (the caller falls back)")
+	}
+}
+
+// TestConfTokensStartAtBase checks the mirror of the framework's conf cache
+// against the framework itself: after startTokensAt(base), the framework
+// answers PrepareConf with base+1, base+2.
+func TestConfTokensStartAtBase(t *testing.T) {
+	frameworkInitConfCache(time.Hour)
+	const base = 1<<30 + 12345
+	if !startTokensAt(base) {
+		t.Fatalf("startTokensAt on a fresh cache: got false, want true (the framework's ConfCache layout changed)")
+	}
+	if startTokensAt(base) {
+		t.Errorf("startTokensAt on a used counter: got true, want false")
+	}
+	_, path := startConns(t)
+	c := dial(t, path)
+	for i, key := range []string{"route#1#pre", "route#2#pre"} {
+		b := flatbuffers.NewBuilder(64)
+		k := b.CreateString(key)
+		pc.ReqStartConfVector(b, 0)
+		confs := b.EndVector(0)
+		pc.ReqStart(b)
+		pc.ReqAddKey(b, k)
+		pc.ReqAddConf(b, confs)
+		b.Finish(pc.ReqEnd(b))
+		if err := testbed.WriteFrame(c.c, 1, b.FinishedBytes()); err != nil {
+			t.Fatalf("write PrepareConf: %v", err)
+		}
+		_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		ty, payload, err := testbed.ReadFrame(c.br)
+		if err != nil || ty != 1 {
+			t.Fatalf("PrepareConf answer: got type %d, err %v; want type 1", ty, err)
+		}
+		tok, err := testbed.DecodePrepareConfAnswer(payload)
+		if want := uint32(base + 1 + i); err != nil || tok != want {
+			t.Errorf("token of %s: got %d (%v), want %d", key, tok, err, want)
+		}
+	}
+}
+
+func TestTokenBaseNeverWraps(t *testing.T) {
+	for range 1000 {
+		if b := tokenBase(); b == 0 || b >= 1<<31 {
+			t.Fatalf("tokenBase: got %d, want 1 to 2^31-1", b)
+		}
 	}
 }

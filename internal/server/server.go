@@ -112,6 +112,9 @@ func Run(opts Options) error {
 	}
 	fwlog.NewLogger(cfg.Log.ZapLevel(), out)
 	frameworkInitConfCache(ttl)
+	if !startTokensAt(tokenBase()) {
+		log.Error("conf tokens numbered from 1: the framework's conf cache is not laid out as expected; after a reload a stale token may name another conf")
+	}
 	quit := make(chan os.Signal, 1)
 	signal.Notify(quit, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(quit)
