@@ -12,8 +12,8 @@ import (
 
 	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
 	pc "github.com/api7/ext-plugin-proto/go/A6/PrepareConf"
-	flatbuffers "github.com/google/flatbuffers/go"
 	"github.com/apisix-edge/edge-runner/testbed"
+	flatbuffers "github.com/google/flatbuffers/go"
 	"go.uber.org/zap/zapcore"
 )
 
