@@ -109,7 +109,13 @@ func TestBatcherSharesRoundTrips(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); results[n] = send("first") }()
 	b := e.rl.batch
-	waitFor(t, "the first decision in flight", func() bool { return b.busy.Load() == 1 && len(b.queue) == 0 })
+	// sent == 2: the worker has taken "first" (the caller of "warm" gets its
+	// answer before the worker's busy count drops, so busy alone could
+	// still be warm-up's round trip, and "first" would then leave with
+	// some of the 50)
+	waitFor(t, "the first decision in flight", func() bool {
+		return b.stats.sent.Load() == 2 && b.busy.Load() == 1 && len(b.queue) == 0
+	})
 	for i := range n {
 		wg.Add(1)
 		go func() { defer wg.Done(); results[i] = send("k" + strconv.Itoa(i)) }()
