@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/apisix-edge/edge-runner/internal/core"
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/testbed"
 	"github.com/apisix-edge/edge-runner/testbed/backing"
 	"github.com/redis/go-redis/v9"

@@ -84,7 +84,7 @@ func limiterScript(src string) (string, string, error) {
 	if m == nil {
 		return "", "", fmt.Errorf("read the limiter's script: no `const slidingLogSrc` raw string in %s", path)
 	}
-	return string(m[1]), "internal/plugin/ratelimit/store.go (slidingLogSrc)", nil
+	return string(m[1]), "plugins/ratelimit/store.go (slidingLogSrc)", nil
 }
 
 func (l *limits) redisBench(ctx context.Context, o *options, e *env) error {

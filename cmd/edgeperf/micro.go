@@ -20,7 +20,7 @@ type micro struct {
 }
 
 func runMicro(ctx context.Context, o *options) *micro {
-	args := []string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", o.benchtime, "-count", "1", "./internal/plugin/..."}
+	args := []string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", o.benchtime, "-count", "1", "./plugins/..."}
 	m := &micro{command: o.goBin + " " + strings.Join(args, " "), metrics: map[string]map[string]float64{}}
 	cctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()

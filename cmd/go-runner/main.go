@@ -14,8 +14,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/internal/config"
-	"github.com/apisix-edge/edge-runner/internal/core"
 	"github.com/apisix-edge/edge-runner/internal/server"
 )
 

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/internal/config"
-	"github.com/apisix-edge/edge-runner/internal/core"
-	"github.com/apisix-edge/edge-runner/internal/plugin/jwtcache"
+	"github.com/apisix-edge/edge-runner/plugins/jwtcache"
 )
 
 func init() {

@@ -1,8 +1,8 @@
 package main
 
 import (
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/internal/config"
-	"github.com/apisix-edge/edge-runner/internal/core"
 )
 
 // pluginSpec is one plugin this runner serves. Each plugin registers itself

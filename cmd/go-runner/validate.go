@@ -8,8 +8,8 @@ import (
 	"os"
 	"sort"
 
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/internal/config"
-	"github.com/apisix-edge/edge-runner/internal/core"
 )
 
 // extPhases are the APISIX plugins that carry ext-plugin confs.

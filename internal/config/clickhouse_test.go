@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/apisix-edge/edge-runner/plugins/clickhouselogger"
 )
 
 func TestClickHouseSection(t *testing.T) {
@@ -12,9 +14,9 @@ func TestClickHouseSection(t *testing.T) {
 		doc     string
 		env     map[string]string
 		wantErr []string // substrings, all required; nil means success
-		check   func(*ClickHouse) string
+		check   func(*clickhouselogger.Config) string
 	}{
-		{name: "defaults", doc: "", check: func(c *ClickHouse) string {
+		{name: "defaults", doc: "", check: func(c *clickhouselogger.Config) string {
 			if len(c.Addrs) != 1 || c.Addrs[0] != "127.0.0.1:9000" || c.Database != "default" || c.Table != "edge_access_log" || c.Username != "default" {
 				return "connection defaults not applied: " + strings.Join(c.Addrs, ",") + " " + c.Database + "." + c.Table
 			}
@@ -60,7 +62,7 @@ clickhouse:
   max_value_bytes: 256
   composite_var: "off"
   shutdown_flush: 1s
-`, env: map[string]string{"CHPW": "s3cret"}, check: func(c *ClickHouse) string {
+`, env: map[string]string{"CHPW": "s3cret"}, check: func(c *clickhouselogger.Config) string {
 			if c.Password != "s3cret" || c.Username != "edge" || c.Database != "logs" || c.Table != "access" || len(c.Addrs) != 2 {
 				return "connection not read"
 			}
@@ -113,7 +115,7 @@ clickhouse:
 		}},
 		{name: "max_pending below batch_size", doc: "clickhouse:\n  batch_size: 500\n  max_pending: 100\n",
 			wantErr: []string{"clickhouse.max_pending: must be >= batch_size (500), got 100"}},
-		{name: "a relative spool dir is fine while the spool is off", doc: "clickhouse:\n  spool: {dir: x}\n", check: func(c *ClickHouse) string {
+		{name: "a relative spool dir is fine while the spool is off", doc: "clickhouse:\n  spool: {dir: x}\n", check: func(c *clickhouselogger.Config) string {
 			if c.Spool.Enabled {
 				return "spool on"
 			}
@@ -133,13 +135,5 @@ clickhouse:
 				t.Error(msg)
 			}
 		})
-	}
-}
-
-func TestClickHouseHeaderVar(t *testing.T) {
-	for in, want := range map[string]string{"X-Tenant-ID": "http_x_tenant_id", "x-edge-consumer": "http_x_edge_consumer", "Org": "http_org"} {
-		if got := ClickHouseHeaderVar(in); got != want {
-			t.Errorf("ClickHouseHeaderVar(%q): got %q, want %q", in, got, want)
-		}
 	}
 }

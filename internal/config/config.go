@@ -5,19 +5,17 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"regexp"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/apisix-edge/edge-runner/internal/core"
+	"github.com/apisix-edge/edge-runner/core"
+	"github.com/apisix-edge/edge-runner/plugins/clickhouselogger"
+	"github.com/apisix-edge/edge-runner/plugins/jwtcache"
+	"github.com/apisix-edge/edge-runner/plugins/ratelimit"
 	"go.uber.org/zap/zapcore"
-	"gopkg.in/yaml.v3"
 )
 
 // DefaultPath is where `go-runner run` looks for its config when -c is not
@@ -43,13 +41,13 @@ type Config struct {
 	// drops it and reconnects to the new runner. If zero, 300ms; it must
 	// be below shutdown_timeout.
 	DrainTimeout core.Duration `yaml:"drain_timeout"`
-	// Redis is the connection of the ratelimit plugin.
-	Redis Redis `yaml:"redis"`
-	// ClickHouse is the connection and batching of the clickhouselogger
-	// plugin.
-	ClickHouse ClickHouse `yaml:"clickhouse"`
-	// JWKS declares the key providers of the jwtcache plugin.
-	JWKS JWKS `yaml:"jwks"`
+	// Redis is the ratelimit plugin's section (plugins/ratelimit.Config).
+	Redis ratelimit.Config `yaml:"redis"`
+	// ClickHouse is the clickhouselogger plugin's section
+	// (plugins/clickhouselogger.Config).
+	ClickHouse clickhouselogger.Config `yaml:"clickhouse"`
+	// JWKS is the jwtcache plugin's section (plugins/jwtcache.Config).
+	JWKS jwtcache.Config `yaml:"jwks"`
 }
 
 // Log is the log section.
@@ -106,9 +104,9 @@ func (c *Config) applyDefaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = core.Duration(300 * time.Millisecond)
 	}
-	c.Redis.applyDefaults()
-	c.ClickHouse.applyDefaults()
-	c.JWKS.applyDefaults()
+	c.Redis.ApplyDefaults()
+	c.ClickHouse.ApplyDefaults()
+	c.JWKS.ApplyDefaults()
 }
 
 // Validate checks every field and returns all problems, each naming its
@@ -132,9 +130,9 @@ func (c *Config) Validate() error {
 	if c.DrainTimeout < 0 || c.DrainTimeout >= c.ShutdownTimeout {
 		errs = append(errs, core.Fieldf("drain_timeout", "must be > 0 and below shutdown_timeout (%v), got %v", c.ShutdownTimeout.D(), c.DrainTimeout.D()))
 	}
-	errs = append(errs, c.Redis.validate()...)
-	errs = append(errs, c.ClickHouse.validate()...)
-	errs = append(errs, c.JWKS.validate()...)
+	errs = append(errs, c.Redis.Validate()...)
+	errs = append(errs, c.ClickHouse.Validate()...)
+	errs = append(errs, c.JWKS.Validate()...)
 	return errors.Join(errs...)
 }
 
@@ -153,145 +151,13 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes a config document. lookup resolves ${VAR} references.
 func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, &core.FieldError{Rule: "invalid YAML: " + err.Error()}
-	}
 	c := &Config{}
-	if len(root.Content) > 0 {
-		changed, err := expand(&root, lookup)
-		if err != nil {
-			return nil, err
-		}
-		// yaml.v3 offers strict decoding only on a Decoder, so an expanded
-		// tree is re-encoded first; unexpanded input is decoded as written,
-		// so that line numbers in errors are the file's own.
-		src := data
-		if changed {
-			if src, err = yaml.Marshal(&root); err != nil {
-				return nil, fmt.Errorf("parse config: %w", err)
-			}
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(src))
-		dec.KnownFields(true)
-		if err := dec.Decode(c); err != nil {
-			return nil, yamlError(err, src)
-		}
+	if err := core.DecodeYAML(data, lookup, c); err != nil {
+		return nil, err
 	}
 	c.applyDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
-}
-
-var varRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
-
-// walk visits every node below n with its dotted path (sequence items as
-// path[i]) and, for mapping values, the key node. It stops at the first
-// visit that returns stop or an error.
-func walk(n *yaml.Node, path string, key *yaml.Node, visit func(n, key *yaml.Node, path string) (stop bool, err error)) (bool, error) {
-	if stop, err := visit(n, key, path); stop || err != nil {
-		return stop, err
-	}
-	switch n.Kind {
-	case yaml.DocumentNode, yaml.SequenceNode:
-		for i, c := range n.Content {
-			p := path
-			if n.Kind == yaml.SequenceNode {
-				p = fmt.Sprintf("%s[%d]", path, i)
-			}
-			if stop, err := walk(c, p, nil, visit); stop || err != nil {
-				return stop, err
-			}
-		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k := n.Content[i]
-			p := k.Value
-			if path != "" {
-				p = path + "." + p
-			}
-			if stop, err := walk(n.Content[i+1], p, k, visit); stop || err != nil {
-				return stop, err
-			}
-		}
-	}
-	return false, nil
-}
-
-// expand replaces ${VAR} and ${VAR:-default} in scalar values. An unset
-// variable without a default is an error naming the variable and the key.
-// It reports whether it changed anything.
-func expand(root *yaml.Node, lookup func(string) (string, bool)) (bool, error) {
-	changed := false
-	_, err := walk(root, "", nil, func(n, _ *yaml.Node, path string) (bool, error) {
-		if n.Kind != yaml.ScalarNode {
-			return false, nil
-		}
-		var missing []string
-		v := varRef.ReplaceAllStringFunc(n.Value, func(m string) string {
-			sub := varRef.FindStringSubmatch(m)
-			if val, ok := lookup(sub[1]); ok {
-				return val
-			}
-			if sub[2] != "" {
-				return sub[3]
-			}
-			missing = append(missing, sub[1])
-			return ""
-		})
-		if len(missing) > 0 {
-			return false, core.Fieldf(path, "environment variable %s is not set (APISIX passes only variables listed under nginx_config.envs; use ${%s:-default} for an optional one)", missing[0], missing[0])
-		}
-		if v != n.Value {
-			n.Value = v
-			n.Tag = "!!str"
-			n.Style = yaml.DoubleQuotedStyle
-			changed = true
-		}
-		return false, nil
-	})
-	return changed, err
-}
-
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type`)
-
-// yamlError turns yaml.v3's decode errors into field errors. yaml.v3 names
-// only the unknown key, so its full path is found in src's node tree by key
-// and line.
-func yamlError(err error, src []byte) error {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		var root yaml.Node
-		_ = yaml.Unmarshal(src, &root)
-		var errs []error
-		for _, m := range te.Errors {
-			if sub := unknownField.FindStringSubmatch(m); sub != nil {
-				line, _ := strconv.Atoi(sub[1])
-				field := keyPath(&root, sub[2], line)
-				if field == "" {
-					field = sub[2]
-				}
-				errs = append(errs, core.Fieldf(field, "unknown key (line %s)", sub[1]))
-				continue
-			}
-			errs = append(errs, &core.FieldError{Rule: strings.TrimPrefix(m, "yaml: ")})
-		}
-		return errors.Join(errs...)
-	}
-	return &core.FieldError{Rule: err.Error()}
-}
-
-// keyPath returns the dotted path of the mapping key named name at line.
-func keyPath(root *yaml.Node, name string, line int) string {
-	found := ""
-	_, _ = walk(root, "", nil, func(_, key *yaml.Node, path string) (bool, error) {
-		if key != nil && key.Value == name && key.Line == line {
-			found = path
-			return true, nil
-		}
-		return false, nil
-	})
-	return found
 }

@@ -2,9 +2,10 @@ package config
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/apisix-edge/edge-runner/plugins/jwtcache"
 )
 
 func TestJWKSSection(t *testing.T) {
@@ -13,16 +14,16 @@ func TestJWKSSection(t *testing.T) {
 		name    string
 		doc     string
 		wantErr []string // substrings, all must appear; empty means success
-		check   func(*JWKS) string
+		check   func(*jwtcache.Config) string
 	}{
-		{name: "no section gets defaults", doc: "", check: func(j *JWKS) string {
+		{name: "no section gets defaults", doc: "", check: func(j *jwtcache.Config) string {
 			if len(j.Providers) != 0 || j.FirstFetchWait.D() != 500*time.Millisecond || j.UnknownKIDMinInterval.D() != 10*time.Second ||
 				j.UnknownKIDWait.D() != 300*time.Millisecond || j.TokenCacheSize != 10000 || j.MaxTokenSize != 8192 || j.MaxInlineProviders != 8 {
 				return "section defaults not applied"
 			}
 			return ""
 		}},
-		{name: "provider defaults", doc: ok, check: func(j *JWKS) string {
+		{name: "provider defaults", doc: ok, check: func(j *jwtcache.Config) string {
 			p := j.Providers[0]
 			if p.RefreshInterval.D() != 5*time.Minute || p.MaxStale.D() != time.Hour || p.FetchTimeout.D() != 5*time.Second || p.MaxBodySize != 1<<20 {
 				return "provider defaults not applied: " + p.RefreshInterval.String() + " " + p.MaxStale.String()
@@ -32,13 +33,13 @@ func TestJWKSSection(t *testing.T) {
 			}
 			return ""
 		}},
-		{name: "max_stale default follows a long refresh_interval", doc: ok + "      refresh_interval: 30m\n", check: func(j *JWKS) string {
+		{name: "max_stale default follows a long refresh_interval", doc: ok + "      refresh_interval: 30m\n", check: func(j *jwtcache.Config) string {
 			if got := j.Providers[0].MaxStale.D(); got != 2*time.Hour {
 				return "got max_stale " + got.String() + ", want 2h"
 			}
 			return ""
 		}},
-		{name: "full provider", doc: ok + "      refresh_interval: 15m\n      max_stale: 12h\n      snapshot_file: /var/lib/x.json\n      fetch_timeout: 2s\n      max_body_size: 4096\n", check: func(j *JWKS) string {
+		{name: "full provider", doc: ok + "      refresh_interval: 15m\n      max_stale: 12h\n      snapshot_file: /var/lib/x.json\n      fetch_timeout: 2s\n      max_body_size: 4096\n", check: func(j *jwtcache.Config) string {
 			p := j.Providers[0]
 			if p.SnapshotFile != "/var/lib/x.json" || p.MaxStale.D() != 12*time.Hour || p.MaxBodySize != 4096 {
 				return "values not kept"
@@ -64,14 +65,14 @@ func TestJWKSSection(t *testing.T) {
 			wantErr: []string{"jwks.first_fetch_wait: must be > 0 and <= 10s", "jwks.unknown_kid_wait: must be > 0 and <= 5s",
 				"jwks.token_cache_size: must be between 1", "jwks.max_token_size: must be between 256", "jwks.max_inline_providers: must be -1",
 				"jwks.unknown_kid_min_interval: must be > 0"}},
-		{name: "inline providers can be forbidden", doc: "jwks:\n  max_inline_providers: -1\n", check: func(j *JWKS) string {
+		{name: "inline providers can be forbidden", doc: "jwks:\n  max_inline_providers: -1\n", check: func(j *jwtcache.Config) string {
 			if j.MaxInlineProviders != -1 {
 				return fmt.Sprintf("got %d, want -1", j.MaxInlineProviders)
 			}
 			return ""
 		}},
 		{name: "unknown provider key is named", doc: ok + "      refresh: 1m\n", wantErr: []string{"jwks.providers[0].refresh: unknown key (line 5)"}},
-		{name: "secret in url via env", doc: "jwks:\n  providers:\n    - name: a\n      url: ${JWKS_URL:-https://idp/certs}\n", check: func(j *JWKS) string {
+		{name: "secret in url via env", doc: "jwks:\n  providers:\n    - name: a\n      url: ${JWKS_URL:-https://idp/certs}\n", check: func(j *jwtcache.Config) string {
 			if j.Providers[0].URL != "https://idp/certs" {
 				return "got " + j.Providers[0].URL
 			}
@@ -90,36 +91,5 @@ func TestJWKSSection(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestCheckJWKSURL(t *testing.T) {
-	tests := []struct {
-		in   string
-		want string // "" = ok
-	}{
-		{"https://kc.example/realms/r/protocol/openid-connect/certs", ""},
-		{"http://127.0.0.1:8080/certs", ""},
-		{"", "is required"},
-		{"https://a/certs#x", "must not have a fragment"},
-		{"javascript:alert(1)", `got scheme "javascript"`},
-		{"http://[::1", "must be an http or https URL"},
-	}
-	for _, tt := range tests {
-		err := CheckJWKSURL(tt.in)
-		got := ""
-		if err != nil {
-			got = err.Error()
-		}
-		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
-			t.Errorf("CheckJWKSURL(%q): got %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
-func TestInlineJWKSProvider(t *testing.T) {
-	p := InlineJWKSProvider("https://a/certs")
-	if p.Name != "inline" || p.RefreshInterval.D() != DefaultJWKSRefreshInterval || p.MaxStale.D() != DefaultJWKSMaxStale || p.SnapshotFile != "" {
-		t.Fatalf("got %+v, want every default and no snapshot", p)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/apisix-edge/edge-runner/plugins/ratelimit"
 )
 
 func TestRedisSection(t *testing.T) {
@@ -13,9 +15,9 @@ func TestRedisSection(t *testing.T) {
 		doc     string
 		env     map[string]string
 		wantErr []string // substrings, all required; nil means success
-		check   func(*Redis) string
+		check   func(*ratelimit.Config) string
 	}{
-		{name: "defaults", doc: "", check: func(r *Redis) string {
+		{name: "defaults", doc: "", check: func(r *ratelimit.Config) string {
 			if r.Mode != "standalone" || len(r.Addrs) != 1 || r.Addrs[0] != "127.0.0.1:6379" {
 				return "got mode " + r.Mode + " addrs " + strings.Join(r.Addrs, ",")
 			}
@@ -52,7 +54,7 @@ redis:
   pipeline_workers: 2
   pipeline_max_batch: 16
   pipeline_queue: 100
-`, env: map[string]string{"SPW": "s3", "RPW": "r3"}, check: func(r *Redis) string {
+`, env: map[string]string{"SPW": "s3", "RPW": "r3"}, check: func(r *ratelimit.Config) string {
 			if r.SentinelPassword != "s3" || r.Password != "r3" || r.Username != "limiter" || r.DB != 2 {
 				return "credentials not read"
 			}
@@ -64,7 +66,7 @@ redis:
 			}
 			return ""
 		}},
-		{name: "cluster", doc: "redis:\n  mode: cluster\n  addrs: [a:1, b:2, c:3]\n", check: func(r *Redis) string {
+		{name: "cluster", doc: "redis:\n  mode: cluster\n  addrs: [a:1, b:2, c:3]\n", check: func(r *ratelimit.Config) string {
 			if len(r.Addrs) != 3 {
 				return "addrs not read"
 			}

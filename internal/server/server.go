@@ -22,8 +22,8 @@ import (
 
 	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
 	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/internal/config"
-	"github.com/apisix-edge/edge-runner/internal/core"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
