@@ -26,7 +26,7 @@ type Config struct {
 	// empty, "edge_access_log". Letters, digits and '_', not starting with
 	// a digit.
 	Table string `yaml:"table"`
-	// Username is the Config user. If empty, "default".
+	// Username is the ClickHouse user. If empty, "default".
 	Username string `yaml:"username"`
 	// Password of the user. If empty, none. Use ${CLICKHOUSE_PASSWORD} and
 	// list CLICKHOUSE_PASSWORD under nginx_config.envs in APISIX's config.
@@ -49,7 +49,7 @@ type Config struct {
 	FlushInterval core.Duration `yaml:"flush_interval"`
 	// MaxPending bounds the rows held in memory (queued or in an insert
 	// being retried). Beyond it new rows are dropped and counted
-	// (reason queue_full), so memory stays bounded whatever Config
+	// (reason queue_full), so memory stays bounded whatever ClickHouse
 	// does. A row takes about 0.5 KB. If zero, 100000. At least batch_size.
 	MaxPending int `yaml:"max_pending"`
 	// Retries bounds the attempts of a failing batch.
@@ -102,8 +102,8 @@ type RetriesConfig struct {
 // SpoolConfig is the spool subsection of clickhouse.
 type SpoolConfig struct {
 	// Enabled turns the spool on: a batch that exhausted its attempts, and
-	// every batch while Config stays down, is written to Dir instead of
-	// being dropped, and replayed oldest first when Config answers
+	// every batch while ClickHouse stays down, is written to Dir instead of
+	// being dropped, and replayed oldest first when ClickHouse answers
 	// again, also after a runner restart. Off by default.
 	Enabled bool `yaml:"enabled"`
 	// Dir holds the spool files (created with mode 0700 if missing). It
@@ -122,11 +122,11 @@ const (
 	DefaultClickHouseSpoolDir     = "/usr/local/apisix/logs/edge-spool"
 )
 
-// chIdentRe is a Config identifier this plugin accepts unquoted-safe:
+// chIdentRe is a ClickHouse identifier this plugin accepts unquoted-safe:
 // the logger still back-quotes it, but the rule keeps DDL and metrics tidy.
 var chIdentRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 
-// IdentOK reports whether s is an identifier the logger accepts as a
+// ClickHouseIdentOK reports whether s is an identifier the logger accepts as a
 // database or table name.
 func IdentOK(s string) bool { return chIdentRe.MatchString(s) }
 
@@ -266,7 +266,7 @@ func (x *Config) CompositeEnabled() bool { return x.CompositeVar != "off" }
 // http_x_tenant_id.
 func (x *Config) TenantVar() string { return HeaderVar(x.TenantHeader) }
 
-// HeaderVar returns the nginx variable of request header name:
+// ClickHouseHeaderVar returns the nginx variable of request header name:
 // "http_" + the name lower-cased with '-' turned into '_'.
 func HeaderVar(name string) string {
 	return "http_" + strings.ReplaceAll(strings.ToLower(name), "-", "_")

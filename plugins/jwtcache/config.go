@@ -11,13 +11,13 @@ import (
 	"github.com/apisix-edge/edge-runner/core"
 )
 
-// Config is the jwks section, used by the jwtcache plugin: the Config providers
+// Config is the jwks section, used by the jwtcache plugin: the JWKS providers
 // that route confs name with "provider", and the bounds of the plugin's
 // waits and caches. Every field documents its default; applyDefaults sets
 // them and validate checks them, each problem naming its field as
 // "jwks.<key>".
 type Config struct {
-	// Providers are the Config endpoints fetched at start, in the background,
+	// Providers are the JWKS endpoints fetched at start, in the background,
 	// and refreshed periodically. If empty, route confs can still use
 	// jwks_url (see MaxInlineProviders).
 	Providers []ProviderConfig `yaml:"providers"`
@@ -27,7 +27,7 @@ type Config struct {
 	FirstFetchWait core.Duration `yaml:"first_fetch_wait"`
 	// UnknownKIDMinInterval is the least time between two refreshes of one
 	// provider triggered by tokens with a kid that is not in the cached
-	// Config, so that random kids cannot hammer the IdP. If zero, 10s.
+	// JWKS, so that random kids cannot hammer the IdP. If zero, 10s.
 	UnknownKIDMinInterval core.Duration `yaml:"unknown_kid_min_interval"`
 	// UnknownKIDWait bounds how long a request with an unknown kid waits for
 	// the refresh it triggered (keyfunc's default is up to a minute). If
@@ -46,16 +46,16 @@ type Config struct {
 	MaxInlineProviders int `yaml:"max_inline_providers"`
 }
 
-// ProviderConfig is one Config endpoint, such as Keycloak's
+// ProviderConfig is one JWKS endpoint, such as Keycloak's
 // .../realms/<realm>/protocol/openid-connect/certs.
 type ProviderConfig struct {
 	// Name is what route confs put in "provider", the provider label of the
 	// metrics and the /status backend "jwks:<name>". Required; letters,
 	// digits, '.', '_' and '-'; "inline" is reserved.
 	Name string `yaml:"name"`
-	// URL is the Config URL, http or https. Required.
+	// URL is the JWKS URL, http or https. Required.
 	URL string `yaml:"url"`
-	// RefreshInterval is how often the Config is fetched while fetches
+	// RefreshInterval is how often the JWKS is fetched while fetches
 	// succeed (the cache TTL). If zero, 5m. Production often uses 15m-30m:
 	// Keycloak publishes a new key well before it signs with it, and an
 	// unknown kid triggers a refresh anyway. At least 1s.
@@ -65,7 +65,7 @@ type ProviderConfig struct {
 	// If zero, 1h or 4 × refresh_interval, whichever is larger. Must be
 	// greater than refresh_interval.
 	MaxStale core.Duration `yaml:"max_stale"`
-	// SnapshotFile, if set, is an absolute path where the last good Config is
+	// SnapshotFile, if set, is an absolute path where the last good JWKS is
 	// written atomically after each successful fetch, and read at start, so
 	// a runner restarted during an IdP outage keeps verifying. If empty, no
 	// snapshot.
@@ -73,7 +73,7 @@ type ProviderConfig struct {
 	// FetchTimeout bounds one fetch (connect, headers and body). If zero,
 	// 5s. At most 1m.
 	FetchTimeout core.Duration `yaml:"fetch_timeout"`
-	// MaxBodySize is the largest Config response accepted, in bytes; a larger
+	// MaxBodySize is the largest JWKS response accepted, in bytes; a larger
 	// one is rejected and the previous keys are kept. If zero, 1048576
 	// (1 MiB). Between 1024 and 16777216.
 	MaxBodySize int `yaml:"max_body_size"`
@@ -87,7 +87,7 @@ const (
 	DefaultJWKSMaxBodySize     = 1 << 20
 )
 
-// inlineProvider returns the settings of a provider defined by a route
+// InlineJWKSProvider returns the settings of a provider defined by a route
 // conf's jwks_url: every default, no snapshot.
 func inlineProvider(rawURL string) ProviderConfig {
 	p := ProviderConfig{Name: "inline", URL: rawURL}
@@ -219,7 +219,7 @@ func (x *Config) Validate() []error {
 	return errs
 }
 
-// CheckJWKSURL reports whether raw is usable as a Config URL: absolute http or
+// CheckJWKSURL reports whether raw is usable as a JWKS URL: absolute http or
 // https with a host, no fragment. Route confs' jwks_url use it too.
 func CheckJWKSURL(raw string) error {
 	if raw == "" {

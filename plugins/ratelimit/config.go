@@ -26,7 +26,7 @@ type Config struct {
 	// themselves (sentinel mode). If empty, no AUTH to the sentinels.
 	SentinelUsername string `yaml:"sentinel_username"`
 	SentinelPassword string `yaml:"sentinel_password"`
-	// Username is the ACL user of the data nodes (Config 6+). If empty, the
+	// Username is the ACL user of the data nodes (Redis 6+). If empty, the
 	// "default" user (with Password, a plain AUTH <password>).
 	Username string `yaml:"username"`
 	// Password authenticates to the data nodes. If empty, no AUTH. Pass it
@@ -40,13 +40,13 @@ type Config struct {
 	// Disabled by default.
 	TLS core.TLS `yaml:"tls"`
 	// KeyPrefix starts every key the plugin writes, so that the limiter can
-	// share a Config with other users. If empty, "edge:rl:".
+	// share a Redis with other users. If empty, "edge:rl:".
 	KeyPrefix string `yaml:"key_prefix"`
-	// Timeout bounds each Config call of a request, queueing for a
-	// connection included. If zero, 20ms: a healthy Config in the same
+	// Timeout bounds each Redis call of a request, queueing for a
+	// connection included. If zero, 20ms: a healthy Redis in the same
 	// network answers an EVALSHA in well under 1 ms (a few ms on a busy
 	// host), while the L1 budget of the whole gateway decision is 50 ms at
-	// p99. 20 ms absorbs hiccups yet lets a slow or frozen Config cost each
+	// p99. 20 ms absorbs hiccups yet lets a slow or frozen Redis cost each
 	// request at most 20 ms until the breaker opens (peers wait 1 to 10 s).
 	Timeout core.Duration `yaml:"timeout"`
 	// DialTimeout bounds the TCP (and TLS) connect to a node, which happens
@@ -57,7 +57,7 @@ type Config struct {
 	// MinIdleConns is the number of connections per node kept open so that
 	// requests do not pay for a dial. If zero, 4; -1 keeps none.
 	MinIdleConns int `yaml:"min_idle_conns"`
-	// Pipeline lets concurrent decisions share Config round trips: the
+	// Pipeline lets concurrent decisions share Redis round trips: the
 	// plugin's batcher sends whatever decisions are queued at the moment
 	// as one pipeline (a lone decision goes out at once, never waiting for
 	// company). If false, each decision is its own EVALSHA on the
@@ -72,10 +72,10 @@ type Config struct {
 	// full a decision fails at once (degraded, counted in
 	// apisix_edge_ratelimit_batcher_dropped_total). If zero, 1024.
 	PipelineQueue int `yaml:"pipeline_queue"`
-	// Breaker is the circuit breaker around Config.
+	// Breaker is the circuit breaker around Redis.
 	Breaker BreakerConfig `yaml:"breaker"`
 	// OverrideCacheTTL is how long a tenant's override (or its absence) read
-	// from Config is used before it is read again. Through a Config outage the
+	// from Redis is used before it is read again. Through a Redis outage the
 	// last known value keeps being used. If zero, 10s.
 	OverrideCacheTTL core.Duration `yaml:"override_cache_ttl"`
 	// OverrideCacheSize bounds the number of tenants cached. If zero, 10000.
@@ -87,10 +87,10 @@ type Config struct {
 	LocalMaxKeys int `yaml:"local_max_keys"`
 }
 
-// BreakerConfig is redis.breaker: when it opens, decisions take no Config
+// BreakerConfig is redis.breaker: when it opens, decisions take no Redis
 // round trip at all and each route's fail_mode applies.
 type BreakerConfig struct {
-	// ConsecutiveFailures opens the breaker after this many Config calls in
+	// ConsecutiveFailures opens the breaker after this many Redis calls in
 	// a row failed, provided none succeeded for MinFailingTime. If zero, 5.
 	ConsecutiveFailures int `yaml:"consecutive_failures"`
 	// MinFailingTime keeps a short stall (a GC pause, a busy host) that
@@ -110,13 +110,13 @@ type BreakerConfig struct {
 	Window core.Duration `yaml:"window"`
 	// OpenTimeout is how long the breaker stays open before it lets one
 	// probe call through (half-open); a successful probe closes it. If
-	// zero, 500ms: while Config is down one request in each 500 ms pays the
-	// call Timeout, and decisions resume within about 500 ms of Config'
+	// zero, 500ms: while Redis is down one request in each 500 ms pays the
+	// call Timeout, and decisions resume within about 500 ms of Redis'
 	// return.
 	OpenTimeout core.Duration `yaml:"open_timeout"`
 }
 
-// Modes are the accepted values of redis.mode.
+// RedisModes are the accepted values of redis.mode.
 var Modes = []string{"standalone", "sentinel", "cluster"}
 
 // keyPrefixRe keeps the key prefix printable and free of hash-tag braces
