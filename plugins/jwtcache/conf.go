@@ -22,14 +22,16 @@ type Conf struct {
 	// JWKSURL defines a provider inline: fetched on first use, refreshed
 	// and bounded like a configured one (every default, no snapshot).
 	JWKSURL string `json:"jwks_url"`
-	// Issuer, if set, must equal the token's iss.
-	Issuer string `json:"issuer"`
+	// Issuer, if set, must equal the token's iss. Absent: not checked; ""
+	// is an error (a check that is silently off).
+	Issuer *string `json:"issuer"`
 	// Audience, if set (a string or a list), must share a value with the
-	// token's aud.
+	// token's aud. Absent: not checked; [] and "" are errors.
 	Audience StringList `json:"audience"`
 	// Algorithms are the accepted alg values. If empty, every asymmetric
 	// algorithm: RS256/384/512, PS256/384/512, ES256/384/512, EdDSA. HS*
-	// and none are never accepted: the keys come from a public JWKS.
+	// and none are never accepted: the keys come from a public JWKS. []
+	// is an error.
 	Algorithms []string `json:"algorithms"`
 	// Leeway is the clock skew allowed on exp, nbf and iat. If absent, 30s.
 	// At most 5m.
@@ -135,7 +137,16 @@ func parseConf(cfg *Config, data []byte) (*routeConf, error) {
 		return nil, err
 	}
 	var errs []error
-	rc := &routeConf{issuer: c.Issuer, leeway: defaultLeeway}
+	rc := &routeConf{leeway: defaultLeeway}
+	if c.Issuer != nil {
+		if *c.Issuer == "" {
+			errs = append(errs, core.Fieldf("issuer", "must not be empty: leave it out to not check iss"))
+		}
+		rc.issuer = *c.Issuer
+	}
+	if c.Audience != nil && len(c.Audience) == 0 {
+		errs = append(errs, core.Fieldf("audience", "must not be empty: leave it out to not check aud"))
+	}
 
 	switch {
 	case c.Provider != "" && c.JWKSURL != "":
@@ -163,9 +174,12 @@ func parseConf(cfg *Config, data []byte) (*routeConf, error) {
 	}
 	rc.audience = c.Audience
 
-	if len(c.Algorithms) == 0 {
+	switch {
+	case c.Algorithms == nil:
 		rc.algList = asymmetric
-	} else {
+	case len(c.Algorithms) == 0:
+		errs = append(errs, core.Fieldf("algorithms", "must not be empty: leave it out to accept every asymmetric algorithm"))
+	default:
 		seen := map[string]bool{}
 		for i, a := range c.Algorithms {
 			at := fmt.Sprintf("algorithms[%d]", i)

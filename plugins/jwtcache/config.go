@@ -227,13 +227,13 @@ func CheckJWKSURL(raw string) error {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("must be an http or https URL, got %q", raw)
+		return fmt.Errorf("must be an http or https URL, got %q", redactText(raw))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("must be an http or https URL, got scheme %q", u.Scheme)
 	}
 	if u.Host == "" || u.Hostname() == "" {
-		return fmt.Errorf("must have a host, got %q", raw)
+		return fmt.Errorf("must have a host, got %q", redactURL(raw))
 	}
 	if u.Fragment != "" {
 		return fmt.Errorf("must not have a fragment")

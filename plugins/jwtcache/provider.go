@@ -8,8 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
-	"os"
+		"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -251,6 +250,7 @@ func (p *provider) refresh(ctx context.Context) bool {
 }
 
 func (p *provider) finish(attempt uint64, ks *keySet, err error) {
+	err = redactErr(err, p.cfg.URL)
 	now := p.now()
 	var old *keySet
 	if ks != nil {
@@ -287,7 +287,7 @@ func (p *provider) finish(attempt uint64, ks *keySet, err error) {
 		// Written after every success, so that fetched_at (the key age
 		// after a restart) stays current.
 		if p.cfg.SnapshotFile != "" {
-			if werr := writeSnapshot(p.cfg.SnapshotFile, p.cfg.URL, ks); werr != nil {
+			if werr := redactErr(writeSnapshot(p.cfg.SnapshotFile, p.cfg.URL, ks), p.cfg.URL); werr != nil {
 				p.log.Warn("jwks-snapshot:"+p.backend, "jwks snapshot not written: the next restart during an IdP outage may fail closed", werr,
 					zap.String("backend", p.backend))
 			}
@@ -332,13 +332,13 @@ func (p *provider) fetch(ctx context.Context) ([]byte, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.cfg.URL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: %w", err)
+		return nil, fmt.Errorf("fetch jwks: %w", redactErr(err, p.cfg.URL))
 	}
 	req.Header.Set("Accept", "application/jwk-set+json, application/json")
 	req.Header.Set("User-Agent", "apisix-edge-runner/jwtcache")
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: %w", err)
+		return nil, fmt.Errorf("fetch jwks: %w", redactErr(err, p.cfg.URL))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -442,7 +442,7 @@ func (p *provider) loadSnapshot() {
 	ks, err := readSnapshot(p.cfg.SnapshotFile, p.cfg.URL, p.cfg.MaxBodySize, now)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
-			p.log.Warn("jwks-snapshot:"+p.backend, "jwks snapshot not loaded", err, zap.String("backend", p.backend))
+			p.log.Warn("jwks-snapshot:"+p.backend, "jwks snapshot not loaded", redactErr(err, p.cfg.URL), zap.String("backend", p.backend))
 		}
 		return
 	}
@@ -457,15 +457,4 @@ func (p *provider) loadSnapshot() {
 		close(p.ready)
 	}
 	p.mu.Unlock()
-}
-
-// redactURL drops credentials and the query from a URL shown in /status.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(invalid)"
-	}
-	u.User = nil
-	u.RawQuery = ""
-	return u.String()
 }

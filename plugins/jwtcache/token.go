@@ -24,11 +24,12 @@ const (
 	reasonBadAudience     reason = "bad_audience"
 	reasonMissingClaim    reason = "missing_claim"
 	reasonKeysUnavailable reason = "keys_unavailable"
+	reasonUnsupportedCrit reason = "unsupported_crit"
 )
 
 var allReasons = []reason{reasonOK, reasonMissingToken, reasonMalformed, reasonTooLarge, reasonBadAlg, reasonUnknownKID,
 	reasonBadSignature, reasonExpired, reasonNotYetValid, reasonIssuedInFuture, reasonBadIssuer, reasonBadAudience,
-	reasonMissingClaim, reasonKeysUnavailable}
+	reasonMissingClaim, reasonKeysUnavailable, reasonUnsupportedCrit}
 
 // extractToken finds the token where the route says, and checks its size
 // and shape (three base64url segments) before anything decodes it. The

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 	"unsafe"
@@ -74,7 +75,52 @@ var (
 	errUnknownKID      = errors.New("unknown kid")
 	errBadAlg          = errors.New("alg does not fit the key")
 	errBadKID          = errors.New("kid is not a string")
+	errBadCrit         = errors.New("malformed crit or b64 header")
+	errUnsupportedCrit = errors.New("critical header extension not understood")
 )
+
+// jwsRegistered are the header names of RFC 7515 and RFC 7518 (JWA): crit
+// must not list them (RFC 7515 section 4.1.11).
+var jwsRegistered = map[string]bool{
+	"alg": true, "jku": true, "jwk": true, "kid": true, "x5u": true, "x5c": true, "x5t": true, "x5t#S256": true,
+	"typ": true, "cty": true, "crit": true, "enc": true, "zip": true, "epk": true, "apu": true, "apv": true,
+	"iv": true, "tag": true, "p2s": true, "p2c": true,
+}
+
+// checkCrit applies RFC 7515 section 4.1.11 and RFC 7797 to a JWS header.
+// crit must be a non-empty list of distinct names, none registered, each
+// present in the header; the verifier understands no extension, so a
+// well-formed crit is still rejected (errUnsupportedCrit). b64 (RFC 7797)
+// other than true changes what was signed: rejected too.
+func checkCrit(h map[string]any) error {
+	if b, has := h["b64"]; has {
+		v, ok := b.(bool)
+		if !ok {
+			return errBadCrit
+		}
+		if !v {
+			return errUnsupportedCrit
+		}
+	}
+	c, has := h["crit"]
+	if !has {
+		return nil
+	}
+	list, ok := c.([]any)
+	if !ok || len(list) == 0 {
+		return errBadCrit
+	}
+	for i, e := range list {
+		name, ok := e.(string)
+		if !ok || name == "" || jwsRegistered[name] || slices.Contains(list[:i], e) {
+			return errBadCrit
+		}
+		if _, present := h[name]; !present {
+			return errBadCrit
+		}
+	}
+	return errUnsupportedCrit
+}
 
 // verdict is the outcome of one verification.
 type verdict struct {
@@ -173,6 +219,9 @@ func (m *JWTCache) checkClaims(rc *routeConf, alg string, claims *verifiedClaims
 // fits the key, then takes the key through keyfunc, which checks the JWK's
 // own alg again.
 func (m *JWTCache) keyFor(rc *routeConf, p *provider, t *jwt.Token) (any, string, [32]byte, error) {
+	if err := checkCrit(t.Header); err != nil {
+		return nil, "", [32]byte{}, err
+	}
 	alg := t.Method.Alg()
 	ks := p.current(m.now())
 	if ks == nil {
@@ -228,8 +277,10 @@ func parseReason(rc *routeConf, tok *jwt.Token, err error) reason {
 		return reasonUnknownKID
 	case errors.Is(err, errBadAlg):
 		return reasonBadAlg
-	case errors.Is(err, errBadKID):
+	case errors.Is(err, errBadKID), errors.Is(err, errBadCrit):
 		return reasonMalformed
+	case errors.Is(err, errUnsupportedCrit):
+		return reasonUnsupportedCrit
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return reasonMalformed
 	}
