@@ -5,48 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 )
-
-// columnList is the column list of every INSERT, in the order the flusher
-// fills them. Naming the columns is what ClickHouse 18.16 needs for a batch
-// insert; it also lets operators add columns of their own (with defaults).
-const columnList = "ts, route_id, method, host, path, status, latency_ms, client_ip, user_agent, " +
-	"request_id, tenant, consumer, req_header_names, req_header_values, resp_header_names, resp_header_values"
-
-// createTableSQL returns the DDL of the log table. Old servers (before 21)
-// get the types that 18.16 knows; newer ones get millisecond timestamps and
-// LowCardinality strings. Both take the same INSERT.
-func createTableSQL(db, table string, modern bool) string {
-	ts, lc := "DateTime", func(t string) string { return t }
-	if modern {
-		ts = "DateTime64(3, 'UTC')"
-		lc = func(t string) string { return "LowCardinality(" + t + ")" }
-	}
-	return "CREATE TABLE IF NOT EXISTS " + quoteIdent(db) + "." + quoteIdent(table) + " (\n" +
-		"    ts " + ts + ",\n" +
-		"    route_id " + lc("String") + ",\n" +
-		"    method " + lc("String") + ",\n" +
-		"    host " + lc("String") + ",\n" +
-		"    path String,\n" +
-		"    status UInt16,\n" +
-		"    latency_ms UInt32,\n" +
-		"    client_ip String,\n" +
-		"    user_agent String,\n" +
-		"    request_id String,\n" +
-		"    tenant " + lc("String") + ",\n" +
-		"    consumer String,\n" +
-		"    req_header_names Array(String),\n" +
-		"    req_header_values Array(String),\n" +
-		"    resp_header_names Array(String),\n" +
-		"    resp_header_values Array(String)\n" +
-		") ENGINE = MergeTree()\n" +
-		"PARTITION BY toYYYYMMDD(ts)\n" +
-		"ORDER BY (route_id, ts)"
-}
 
 // quoteIdent back-quotes an identifier (already restricted to [A-Za-z0-9_]
 // by validation; quoting keeps reserved words usable).
@@ -57,172 +22,210 @@ func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "") +
 // 19.x; 21 leaves a margin).
 func modernServer(v *driver.ServerVersion) bool { return v != nil && v.Version.Major >= 21 }
 
-// chClient is the flusher's connection to ClickHouse. Only the flusher
-// goroutine uses it.
+// chClient is the flusher's connection to ClickHouse: one pool per address
+// of clickhouse.addrs, batches spread over them (servers.go). Only the
+// flusher goroutine inserts; pings of down servers run beside it.
 type chClient struct {
 	cfg     Config
-	conn    driver.Conn
-	created map[string]bool // tables this process has created (create_table)
+	servers []*server
+	next    int       // round-robin cursor: where the next batch starts
+	ord     []*server // order's reused result
 	cols    columns
+	inserts *prometheus.CounterVec
+	// conn is the pool of the server being written to, set by insertOn
+	// (createTable runs on it).
+	conn driver.Conn
+
+	life   context.Context // ends pings when the client closes
+	end    context.CancelFunc
+	probes sync.WaitGroup
+
+	// beforeInsert, tests only, is called before a batch is sent to addr.
+	beforeInsert func(addr string)
 }
 
-// newClient builds the connection options; nothing is dialed until the
-// first insert or ping.
+// newClient builds one pool per address; nothing is dialed until the first
+// insert or ping.
 func newClient(cfg Config) (*chClient, error) {
-	opts := &clickhouse.Options{
-		Protocol: clickhouse.Native,
-		Addr:     cfg.Addrs,
-		Auth: clickhouse.Auth{
-			Database: cfg.Database,
-			Username: cfg.Username,
-			Password: cfg.Password,
-		},
-		DialTimeout:      cfg.DialTimeout.D(),
-		ReadTimeout:      cfg.ReadTimeout.D(),
-		MaxOpenConns:     2,
-		MaxIdleConns:     2,
-		ConnMaxLifetime:  10 * time.Minute,
-		ConnOpenStrategy: clickhouse.ConnOpenInOrder,
-		ClientInfo: clickhouse.ClientInfo{Products: []struct{ Name, Version string }{
-			{Name: "apisix-edge-runner", Version: "clickhouselogger"}}},
-	}
-	switch cfg.Compression {
-	case "lz4":
-		opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
-	case "zstd":
-		opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionZSTD}
-	}
-	if cfg.TLS.Enabled {
-		tc, err := cfg.TLS.Config()
-		if err != nil {
-			return nil, fmt.Errorf("clickhouse %w", err)
+	c := &chClient{cfg: cfg, inserts: newInsertsVec()}
+	c.life, c.end = context.WithCancel(context.Background())
+	for _, addr := range cfg.Addrs {
+		opts := &clickhouse.Options{
+			Protocol: clickhouse.Native,
+			Addr:     []string{addr},
+			Auth: clickhouse.Auth{
+				Database: cfg.Database,
+				Username: cfg.Username,
+				Password: cfg.Password,
+			},
+			DialTimeout:     cfg.DialTimeout.D(),
+			ReadTimeout:     cfg.ReadTimeout.D(),
+			MaxOpenConns:    2,
+			MaxIdleConns:    2,
+			ConnMaxLifetime: 10 * time.Minute,
+			ClientInfo: clickhouse.ClientInfo{Products: []struct{ Name, Version string }{
+				{Name: "apisix-edge-runner", Version: "clickhouselogger"}}},
 		}
-		opts.TLS = tc
+		switch cfg.Compression {
+		case "lz4":
+			opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+		case "zstd":
+			opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionZSTD}
+		}
+		if cfg.TLS.Enabled {
+			tc, err := cfg.TLS.Config()
+			if err != nil {
+				c.close()
+				return nil, fmt.Errorf("clickhouse %w", err)
+			}
+			opts.TLS = tc
+		}
+		conn, err := clickhouse.Open(opts)
+		if err != nil {
+			c.close()
+			return nil, fmt.Errorf("open clickhouse %s: %w", addr, err)
+		}
+		c.servers = append(c.servers, &server{
+			addr: addr, index: len(c.servers), conn: conn, created: map[string]bool{}, wait: cfg.Retries.Backoff.D(),
+			ok: c.inserts.WithLabelValues(addr, "ok"), failed: c.inserts.WithLabelValues(addr, "error"),
+		})
 	}
-	conn, err := clickhouse.Open(opts)
-	if err != nil {
-		return nil, fmt.Errorf("open clickhouse: %w", err)
-	}
-	return &chClient{cfg: cfg, conn: conn, created: map[string]bool{}}, nil
+	return c, nil
 }
 
+// close ends the pings and closes every pool.
 func (c *chClient) close() {
-	if c != nil && c.conn != nil {
-		_ = c.conn.Close()
+	if c == nil {
+		return
+	}
+	c.end()
+	c.probes.Wait()
+	for _, s := range c.servers {
+		_ = s.conn.Close()
 	}
 }
 
-// ping checks the server within ctx.
+// ping pings every server at once and records each result. It returns nil
+// as soon as one answers (the others finish in the background), or when ctx
+// ends first, ctx's error.
 func (c *chClient) ping(ctx context.Context) error {
-	if err := c.conn.Ping(ctx); err != nil {
-		return fmt.Errorf("ping clickhouse: %w", err)
+	res := make(chan error, len(c.servers))
+	for _, s := range c.servers {
+		c.probes.Add(1)
+		go func() {
+			defer c.probes.Done()
+			res <- c.pingServer(s)
+		}()
 	}
-	return nil
+	var errs []error
+	for range c.servers {
+		select {
+		case err := <-res:
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, err)
+		case <-ctx.Done():
+			return fmt.Errorf("ping clickhouse: %w", ctx.Err())
+		}
+	}
+	return errors.Join(errs...)
 }
 
-// ensureTable creates table once per process when create_table is on.
-func (c *chClient) ensureTable(ctx context.Context, table string) error {
-	if !c.cfg.CreateTable || c.created[table] {
+// ensureTable creates table on s once per process when
+// create_table is on.
+func (c *chClient) ensureTable(ctx context.Context, s *server, table string) error {
+	if !c.cfg.CreateTable || s.created[table] {
 		return nil
 	}
-	v, err := c.conn.ServerVersion()
+	v, err := s.conn.ServerVersion()
 	if err != nil {
-		return fmt.Errorf("create table %s: server version: %w", table, err)
+		return fmt.Errorf("create table %s on %s: server version: %w", table, s.addr, err)
 	}
-	if err := c.conn.Exec(ctx, createTableSQL(c.cfg.Database, table, modernServer(v))); err != nil {
-		return fmt.Errorf("create table %s: %w", table, err)
+	if err := c.createTable(ctx, table, modernServer(v)); err != nil {
+		return fmt.Errorf("create table %s on %s: %w", table, s.addr, err)
 	}
-	c.created[table] = true
+	s.created[table] = true
 	return nil
 }
 
-// columns are the flusher's reusable column buffers.
-type columns struct {
-	ts                                                      []time.Time
-	routeID, method, host, path, clientIP, userAgent, reqID []string
-	tenant, consumer                                        []string
-	status                                                  []uint16
-	latency                                                 []uint32
-	reqNames, reqValues, respNames, respValues              [][]string
+// insert sends rows into table in one batch INSERT with named columns, on
+// the next server in round-robin order; when that server fails, on the next
+// one, each server tried at most once (see order). Each server gets timeout,
+// all within ctx. When every server failed, the error is the last one that
+// another try may fix, else the last refusal: permanent reports true only
+// when every server refused the rows.
+func (c *chClient) insert(ctx context.Context, timeout time.Duration, table string, rows []row) error {
+	cs := &c.cols
+	cs.fill(rows, c.cfg.Ingest.Columns)
+	defer cs.reset()
+	var retryable, refused error
+	tried := 0
+	for _, s := range c.order(time.Now()) {
+		tried++
+		err := c.insertOn(ctx, timeout, s, table)
+		if err == nil {
+			s.ok.Inc()
+			s.markUp(true, c.cfg.Retries.Backoff.D())
+			c.next = (s.index + 1) % len(c.servers)
+			return nil
+		}
+		s.failed.Inc()
+		if errors.Is(err, errEncode) {
+			return err // no server takes what cannot be encoded
+		}
+		if ctx.Err() != nil {
+			return err // shutting down: no server gets more time
+		}
+		s.markDown(err, time.Now(), c.cfg.Retries.MaxBackoff.D())
+		if permanent(err) {
+			refused = err
+		} else {
+			retryable = err
+		}
+	}
+	c.next = (c.next + 1) % len(c.servers)
+	err := retryable
+	if err == nil {
+		err = refused
+	}
+	if tried > 1 {
+		return fmt.Errorf("%w (and %d other servers failed)", err, tried-1)
+	}
+	return err
 }
 
-func (cs *columns) reset() {
-	cs.ts = cs.ts[:0]
-	for _, p := range []*[]string{&cs.routeID, &cs.method, &cs.host, &cs.path, &cs.clientIP, &cs.userAgent, &cs.reqID, &cs.tenant, &cs.consumer} {
-		clear(*p)
-		*p = (*p)[:0]
+// insertOn sends the filled columns to one server within timeout.
+func (c *chClient) insertOn(ctx context.Context, timeout time.Duration, s *server, table string) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if c.beforeInsert != nil {
+		c.beforeInsert(s.addr)
 	}
-	cs.status = cs.status[:0]
-	cs.latency = cs.latency[:0]
-	for _, p := range []*[][]string{&cs.reqNames, &cs.reqValues, &cs.respNames, &cs.respValues} {
-		clear(*p)
-		*p = (*p)[:0]
-	}
-}
-
-// fill encodes rows into columns: the work kept off the request path.
-func (cs *columns) fill(rows []row) {
-	cs.reset()
-	for i := range rows {
-		r := &rows[i]
-		cs.ts = append(cs.ts, time.UnixMilli(r.tsMilli).UTC())
-		cs.routeID = append(cs.routeID, r.routeID)
-		cs.method = append(cs.method, r.method)
-		cs.host = append(cs.host, r.host)
-		cs.path = append(cs.path, r.path)
-		cs.status = append(cs.status, r.status)
-		cs.latency = append(cs.latency, r.latencyMs)
-		cs.clientIP = append(cs.clientIP, r.clientIP)
-		cs.userAgent = append(cs.userAgent, r.userAgent)
-		cs.reqID = append(cs.reqID, r.requestID)
-		cs.tenant = append(cs.tenant, r.tenant)
-		cs.consumer = append(cs.consumer, r.consumer)
-		cs.reqNames = append(cs.reqNames, nonNil(r.reqNames))
-		cs.reqValues = append(cs.reqValues, nonNil(r.reqValues))
-		cs.respNames = append(cs.respNames, nonNil(r.respNames))
-		cs.respValues = append(cs.respValues, nonNil(r.respValues))
-	}
-}
-
-var emptyList = []string{}
-
-func nonNil(l []string) []string {
-	if l == nil {
-		return emptyList
-	}
-	return l
-}
-
-// insert sends rows into table in one batch INSERT with named columns.
-func (c *chClient) insert(ctx context.Context, table string, rows []row) (err error) {
-	if err := c.ensureTable(ctx, table); err != nil {
+	c.conn = s.conn
+	if err := c.ensureTable(ctx, s, table); err != nil {
 		return err
 	}
-	b, err := c.conn.PrepareBatch(ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+columnList+")")
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
 	if err != nil {
 		var ex *clickhouse.Exception
 		if errors.As(err, &ex) && ex.Code == 60 { // UNKNOWN_TABLE: dropped by hand?
-			delete(c.created, table) // create it again before the next batch
+			delete(s.created, table) // create it again before the next batch
 		}
-		return fmt.Errorf("insert into %s: prepare: %w", table, err)
+		return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
 	}
 	defer func() {
 		if cerr := b.Close(); cerr != nil && err == nil && !b.IsSent() {
-			err = fmt.Errorf("insert into %s: close: %w", table, cerr)
+			err = fmt.Errorf("insert into %s on %s: close: %w", table, s.addr, cerr)
 		}
 	}()
-	cs := &c.cols
-	cs.fill(rows)
-	defer cs.reset()
-	for i, v := range []any{cs.ts, cs.routeID, cs.method, cs.host, cs.path, cs.status, cs.latency,
-		cs.clientIP, cs.userAgent, cs.reqID, cs.tenant, cs.consumer,
-		cs.reqNames, cs.reqValues, cs.respNames, cs.respValues} {
+	for i, v := range c.cols.values() {
 		if err := b.Column(i).Append(v); err != nil {
 			return fmt.Errorf("insert into %s: column %d: %w: %w", table, i, errEncode, err)
 		}
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert into %s: send: %w", table, err)
+		return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
 	}
 	return nil
 }

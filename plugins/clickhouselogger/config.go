@@ -82,6 +82,9 @@ type Config struct {
 	// counted (reason shutdown). If zero, 2s. Keep it below
 	// shutdown_timeout.
 	ShutdownFlush core.Duration `yaml:"shutdown_flush"`
+	// Ingest is the listener for APISIX's http-logger batches (the
+	// log-phase path). On by default, on 127.0.0.1:9543.
+	Ingest IngestConfig `yaml:"ingest"`
 }
 
 // RetriesConfig is the retries subsection of clickhouse.
@@ -191,6 +194,7 @@ func (x *Config) ApplyDefaults() {
 	if x.ShutdownFlush == 0 {
 		x.ShutdownFlush = core.Duration(2 * time.Second)
 	}
+	x.Ingest.applyDefaults()
 }
 
 func (x *Config) Validate() []error {
@@ -255,6 +259,7 @@ func (x *Config) Validate() []error {
 	if x.CompositeVar != "off" && !chVarNameRe.MatchString(x.CompositeVar) {
 		f("composite_var", "must be an nginx variable name (letters, digits, '_') or \"off\", got %q", x.CompositeVar)
 	}
+	x.Ingest.validate(f)
 	return errs
 }
 

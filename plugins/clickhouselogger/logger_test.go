@@ -480,7 +480,7 @@ func TestShippedSchema(t *testing.T) {
 	if err := ch.Exec(ctx, string(ddl)); err != nil {
 		t.Fatalf("shipped DDL: %v", err)
 	}
-	if err := ch.Exec(ctx, strings.Replace(createTableSQL("default", "by_logger", false), "IF NOT EXISTS", "", 1)); err != nil {
+	if err := ch.Exec(ctx, strings.Replace(createTableSQL("default", "by_logger", false, nil), "IF NOT EXISTS", "", 1)); err != nil {
 		t.Fatalf("create_table DDL: %v", err)
 	}
 	conn, err := ch.Conn()

@@ -30,7 +30,38 @@ type row struct {
 	// slices are the row's own.
 	reqNames, reqValues   []string
 	respNames, respValues []string
+
+	// The fields only the log phase knows (rows of the ingest); zero on
+	// post-resp rows.
+	source       uint8  // sourcePostResp or sourceLog
+	upstreamMs   uint32 // upstream latency, ms
+	apisixMs     uint32 // APISIX's own latency, ms
+	bytesSent    uint64 // $bytes_sent
+	requestLen   uint64 // $request_length
+	serviceID    string
+	upstreamAddr string
+	rlStatus     string // X-RateLimit-Status (degraded)
+	// The rate-limit numbers, each meaningful when its bit of rlHave is set
+	// (a zero row has none: the column then holds -1).
+	rlLimit, rlRemaining, retryAfter int64
+	rlHave                           uint8
+	// Custom columns (clickhouse.ingest.columns): the names are the
+	// config's (shared), the values the row's own, as received.
+	customNames, customValues []string
 }
+
+// Sources of a row (the source column).
+const (
+	sourcePostResp uint8 = iota // ext-plugin-post-resp
+	sourceLog                   // the ingest (APISIX's http-logger)
+)
+
+// Bits of row.rlHave.
+const (
+	haveRLLimit uint8 = 1 << iota
+	haveRLRemaining
+	haveRetryAfter
+)
 
 // bound cuts s to at most max bytes, at a UTF-8 boundary. Slicing allocates
 // nothing.

@@ -36,7 +36,8 @@ import (
 // inserted twice.
 
 const (
-	spoolMagic   = "EDGESPL1"
+	spoolMagic   = "EDGESPL2" // EDGESPL1 files (no log-phase fields) are still read
+	spoolMagicV1 = "EDGESPL1"
 	spoolSuffix  = ".spool"
 	spoolTmp     = ".tmp-"
 	spoolLock    = ".lock"
@@ -397,13 +398,31 @@ func encodeSpool(table string, rows []row) []byte {
 			b = appendString(b, s)
 		}
 		for _, l := range [...][]string{r.reqNames, r.reqValues, r.respNames, r.respValues} {
-			b = binary.AppendUvarint(b, uint64(len(l)))
-			for _, s := range l {
-				b = appendString(b, s)
-			}
+			b = appendList(b, l)
 		}
+		// EDGESPL2: the log-phase fields.
+		b = append(b, r.source, r.rlHave)
+		for _, v := range [...]uint64{uint64(r.upstreamMs), uint64(r.apisixMs), r.bytesSent, r.requestLen} {
+			b = binary.AppendUvarint(b, v)
+		}
+		for _, v := range [...]int64{r.rlLimit, r.rlRemaining, r.retryAfter} {
+			b = binary.AppendVarint(b, v)
+		}
+		for _, s := range [...]string{r.serviceID, r.upstreamAddr, r.rlStatus} {
+			b = appendString(b, s)
+		}
+		b = appendList(b, r.customNames)
+		b = appendList(b, r.customValues)
 	}
 	binary.BigEndian.PutUint32(b[len(spoolMagic):], crc32.Checksum(b[start:], crcTable))
+	return b
+}
+
+func appendList(b []byte, l []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(l)))
+	for _, s := range l {
+		b = appendString(b, s)
+	}
 	return b
 }
 
@@ -477,6 +496,19 @@ func (d *spoolDecoder) list() []string {
 	return out
 }
 
+func (d *spoolDecoder) byte() uint8 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) == 0 {
+		d.err = errSpoolCorrupt
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
 func (d *spoolDecoder) small(limit uint64) uint64 {
 	v := d.uvarint()
 	if v > limit {
@@ -487,7 +519,11 @@ func (d *spoolDecoder) small(limit uint64) uint64 {
 
 // decodeSpool parses a file written by encodeSpool.
 func decodeSpool(data []byte) (string, []row, error) {
-	if len(data) < len(spoolMagic)+4 || string(data[:len(spoolMagic)]) != spoolMagic {
+	if len(data) < len(spoolMagic)+4 {
+		return "", nil, errSpoolCorrupt
+	}
+	v2 := string(data[:len(spoolMagic)]) == spoolMagic
+	if !v2 && string(data[:len(spoolMagicV1)]) != spoolMagicV1 {
 		return "", nil, errSpoolCorrupt
 	}
 	payload := data[len(spoolMagic)+4:]
@@ -516,7 +552,18 @@ func decodeSpool(data []byte) (string, []row, error) {
 		}
 		r.reqNames, r.reqValues = d.list(), d.list()
 		r.respNames, r.respValues = d.list(), d.list()
-		if d.err == nil && (len(r.reqNames) != len(r.reqValues) || len(r.respNames) != len(r.respValues)) {
+		if v2 {
+			r.source, r.rlHave = d.byte(), d.byte()
+			r.upstreamMs = uint32(d.small(4294967295))
+			r.apisixMs = uint32(d.small(4294967295))
+			r.bytesSent, r.requestLen = d.uvarint(), d.uvarint()
+			r.rlLimit, r.rlRemaining, r.retryAfter = d.varint(), d.varint(), d.varint()
+			for _, p := range [...]*string{&r.serviceID, &r.upstreamAddr, &r.rlStatus} {
+				*p = d.str()
+			}
+			r.customNames, r.customValues = d.list(), d.list()
+		}
+		if d.err == nil && (len(r.reqNames) != len(r.reqValues) || len(r.respNames) != len(r.respValues) || len(r.customNames) != len(r.customValues)) {
 			d.err = errSpoolCorrupt
 		}
 		if d.err != nil {

@@ -49,7 +49,7 @@ func TestSpoolEncodeRoundTrip(t *testing.T) {
 		nil,
 		data[:len(data)-1],
 		append(append([]byte(nil), data...), 0),
-		append([]byte("EDGESPL2"), data[8:]...),
+		append([]byte("EDGESPL9"), data[8:]...),
 		func() []byte { d := append([]byte(nil), data...); d[len(d)/2] ^= 1; return d }(),
 	} {
 		if _, _, err := decodeSpool(bad); !errors.Is(err, errSpoolCorrupt) {
