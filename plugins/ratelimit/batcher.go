@@ -90,7 +90,7 @@ type batcher struct {
 func newBatcher(client redis.UniversalClient, timeout time.Duration, workers, maxBatch, queue int, met *metrics) *batcher {
 	b := &batcher{
 		client:   client,
-		sha:      slidingLog.Hash(),
+		sha:      decideScript.Hash(),
 		timeout:  timeout,
 		maxBatch: maxBatch,
 		queue:    make(chan *evalReq, queue),
@@ -240,7 +240,7 @@ func (b *batcher) exec(ctx context.Context, batch []*evalReq, cmds []*redis.Cmd,
 		r := batch[0]
 		var c *redis.Cmd
 		if eval {
-			c = b.client.Eval(ctx, slidingLogSrc, r.keys, r.args...)
+			c = b.client.Eval(ctx, decideSrc, r.keys, r.args...)
 		} else {
 			c = b.client.EvalSha(ctx, b.sha, r.keys, r.args...)
 		}
@@ -249,7 +249,7 @@ func (b *batcher) exec(ctx context.Context, batch []*evalReq, cmds []*redis.Cmd,
 		pipe := b.client.Pipeline()
 		for _, r := range batch {
 			if eval {
-				cmds = append(cmds, pipe.Eval(ctx, slidingLogSrc, r.keys, r.args...))
+				cmds = append(cmds, pipe.Eval(ctx, decideSrc, r.keys, r.args...))
 			} else {
 				cmds = append(cmds, pipe.EvalSha(ctx, b.sha, r.keys, r.args...))
 			}

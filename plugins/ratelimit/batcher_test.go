@@ -155,7 +155,7 @@ func TestBatcherDeadlineWhileFrozen(t *testing.T) {
 	freeze(t, rd)
 
 	// One decision alone: sent, no answer by its deadline.
-	_, err := e.rl.eval("edge:rl:{t||a:lone}", 100, time.Minute, time.Now())
+	err := evalOne(e.rl, "edge:rl:{t||a:lone}")
 	if err == nil || !isAvailabilityError(err) {
 		t.Fatalf("frozen, lone decision: got error %v, want a timeout that counts against Redis", err)
 	}
@@ -167,7 +167,7 @@ func TestBatcherDeadlineWhileFrozen(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = e.rl.eval("edge:rl:{t||a:"+strconv.Itoa(i)+"}", 100, time.Minute, time.Now())
+			errs[i] = evalOne(e.rl, "edge:rl:{t||a:"+strconv.Itoa(i)+"}")
 		}()
 	}
 	wg.Wait()
@@ -267,7 +267,7 @@ func TestBatcherNoScriptRecovers(t *testing.T) {
 	for i := range reqs {
 		reqs[i] = &evalReq{
 			keys:     []string{"edge:rl:{noscript||a:" + strconv.Itoa(i) + "}"},
-			args:     []any{5, int64(60000), "m" + strconv.Itoa(i), ""},
+			args:     []any{"", "m" + strconv.Itoa(i), "l", 5, int64(60000), 1},
 			deadline: time.Now().Add(time.Minute),
 			done:     make(chan evalResult, 1),
 		}
@@ -278,15 +278,16 @@ func TestBatcherNoScriptRecovers(t *testing.T) {
 		if res.err != nil {
 			t.Fatalf("batch decision %d: got error %v", i, res.err)
 		}
-		v, err := parseVerdict(res.reply)
-		if err != nil || !v.allowed || v.count != 1 {
-			t.Fatalf("batch decision %d: got %+v (%v), want allowed, count 1", i, v, err)
+		v := make([]ruleVerdict, 1)
+		allowed, err := parseVerdict(res.reply, v)
+		if err != nil || !allowed || v[0].remaining != 4 {
+			t.Fatalf("batch decision %d: got %v %+v (%v), want allowed, 4 remaining", i, allowed, v, err)
 		}
 	}
 	if got := b.stats.noscript.Load(); got != 1 {
 		t.Fatalf("got %d NOSCRIPT round trips retried, want 1", got)
 	}
-	if ok, err := cl.ScriptExists(ctx, slidingLog.Hash()).Result(); err != nil || !ok[0] {
+	if ok, err := cl.ScriptExists(ctx, decideScript.Hash()).Result(); err != nil || !ok[0] {
 		t.Fatalf("got script cached %v (%v), want cached again by EVAL", ok, err)
 	}
 }
@@ -303,7 +304,7 @@ func TestBatcherCluster(t *testing.T) {
 	for i := range reqs {
 		reqs[i] = &evalReq{
 			keys:     []string{"edge:rl:{cluster||a:" + strconv.Itoa(i) + "}"},
-			args:     []any{1, int64(60000), "m", ""},
+			args:     []any{"", "m", "l", 1, int64(60000), 1},
 			deadline: time.Now().Add(5 * time.Second),
 			done:     make(chan evalResult, 1),
 		}
@@ -311,14 +312,14 @@ func TestBatcherCluster(t *testing.T) {
 	for round, wantAllowed := range []bool{true, false} { // the limit is 1
 		for _, r := range reqs {
 			r.done = make(chan evalResult, 1)
-			r.args[2] = "m" + strconv.Itoa(round)
+			r.args[1] = "m" + strconv.Itoa(round)
 		}
 		b.send(reqs, nil)
 		for i, r := range reqs {
 			res := <-r.done
-			v, err := parseVerdict(res.reply)
-			if res.err != nil || err != nil || v.allowed != wantAllowed {
-				t.Fatalf("round %d, decision %d: got %+v (%v, %v), want allowed=%v", round, i, v, res.err, err, wantAllowed)
+			allowed, err := parseVerdict(res.reply, make([]ruleVerdict, 1))
+			if res.err != nil || err != nil || allowed != wantAllowed {
+				t.Fatalf("round %d, decision %d: got %v (%v, %v), want allowed=%v", round, i, allowed, res.err, err, wantAllowed)
 			}
 		}
 	}

@@ -25,10 +25,10 @@ func TestParseConf(t *testing.T) {
 		{`{"limit":1}`, []string{`window: is required: a duration such as "1s" or "1m"`}},
 		{`{"limit":1,"window":"1"}`, []string{`window: must be a duration string such as "1s" or "250ms", got "1"`}},
 		{`{"limit":1,"window":1}`, []string{`window: must be a duration string such as "1s" or "250ms", got 1`}},
-		{`{"limit":1,"window":"25h"}`, []string{"window: must be between 1ms and 24h, got 25h0m0s"}},
+		{`{"limit":1,"window":"25h"}`, []string{"window: must be between 1ms and 24h with sliding_log, got 25h0m0s"}},
 		{`{"limit":1,"window":"1500us"}`, []string{"window: must be a whole number of milliseconds, got 1.5ms"}},
-		{`{"limit":1,"window":"-1s"}`, []string{"window: must be between 1ms and 24h, got -1s"}},
-		{`{"limit":1,"window":"1s","key":"ip"}`, []string{`key: must be remote_addr, consumer, header:<Name>, arg:<name> or var:<name>, got "ip"`}},
+		{`{"limit":1,"window":"-1s"}`, []string{"window: must be between 1ms and 24h with sliding_log, got -1s"}},
+		{`{"limit":1,"window":"1s","key":"ip"}`, []string{`key: must be remote_addr, consumer, route, header:<Name>, arg:<name>, var:<name> or const:<name>, got "ip"`}},
 		{`{"limit":1,"window":"1s","key":"header:"}`, []string{`key: header:<Name> needs an HTTP header name (1 to 128 token characters), got "header:"`}},
 		{`{"limit":1,"window":"1s","key":"header:X Y"}`, []string{`key: header:<Name> needs an HTTP header name (1 to 128 token characters), got "header:X Y"`}},
 		{`{"limit":1,"window":"1s","key":"var:a-b"}`, []string{`key: var:<name> needs an nginx variable name (1 to 64 of A-Z a-z 0-9 _), got "var:a-b"`}},
@@ -44,6 +44,42 @@ func TestParseConf(t *testing.T) {
 			"limit: is required and must be between 1 and 1000000, got 0",
 			`window: is required: a duration such as "1s" or "1m"`,
 			`fail_mode: must be one of open, closed, local, got "x"`}},
+		// v2: algorithms, rules, cost, keys, modes, headers, delayed sync.
+		{`{"limit":9007199254740992,"window":"8784h","algorithm":"fixed_window"}`, nil},
+		{`{"limit":9007199254740993,"window":"8785h","algorithm":"sliding_window"}`, []string{
+			"limit: is required and must be between 1 and 9007199254740992, got 9007199254740993",
+			"window: must be between 1ms and 366 days (8784h) with sliding_window, got 8785h0m0s"}},
+		{`{"limit":1,"window":"1s","algorithm":"token_bucket"}`, []string{`algorithm: must be one of sliding_log, sliding_window, fixed_window, got "token_bucket"`}},
+		{`{"rules":[{"limit":10,"window":"1s"},{"limit":10000,"window":"24h","algorithm":"fixed_window"}],"key":["consumer","header:X-Api-Key"]}`, nil},
+		{`{"limit":5,"rules":[{"limit":10,"window":"1s"}]}`, []string{"limit: must not be set with rules (each rule has its own), got 5"}},
+		{`{"rules":[]}`, []string{"rules: must hold 1 to 8 rules, got an empty list"}},
+		{`{"rules":{}}`, []string{"rules: must be a list of rule objects {limit, window, key, algorithm, cost}"}},
+		{`{"rules":[{"limit":10,"window":"1s","burst":3},{"window":"2s","key":"ip"}]}`, []string{
+			"rules[0].burst: unknown field",
+			"rules[1].limit: is required and must be between 1 and 1000000, got 0",
+			`rules[1].key: must be remote_addr, consumer, route, header:<Name>, arg:<name>, var:<name> or const:<name>, got "ip"`}},
+		{`{"rules":[{"limit":10,"window":"1s"},{"limit":20,"window":"1s"}]}`, []string{"rules[1]: has the same algorithm, window and key as rules[0]"}},
+		{`{"rules":[{"limit":10,"window":"1s","key":"const:all"},{"limit":20,"window":"1s","key":["route","arg:u"]}]}`, nil},
+		{`{"limit":1,"window":"1s","key":["consumer","consumer"]}`, []string{`key: has the part "consumer" twice`}},
+		{`{"limit":1,"window":"1s","key":["a","b","c","d","e"]}`, []string{"key: must have 1 to 4 parts, got 5"}},
+		{`{"limit":1,"window":"1s","key":"const:"}`, []string{`key: const:<name> needs 1 to 64 characters of A-Z a-z 0-9 _ . -, got "const:"`}},
+		{`{"limit":1,"window":"1s","key":7}`, []string{"key: must be a key part string or a list of them"}},
+		{`{"limit":100,"window":"1s","cost":5}`, nil},
+		{`{"limit":100,"window":"1s","cost":"header:X-Cost","max_cost":50}`, nil},
+		{`{"limit":100,"window":"1s","cost":0}`, []string{"cost: must be between 1 and max_cost (1000), got 0"}},
+		{`{"limit":100,"window":"1s","cost":"body"}`, []string{`cost: must be an integer, "header:<Name>" or "var:<nginx variable>", got "body"`}},
+		{`{"limit":100,"window":"1s","cost":1.5}`, []string{`cost: must be an integer or "header:<Name>" / "var:<name>", got 1.5`}},
+		{`{"limit":100,"window":"1s","max_cost":5000}`, []string{"max_cost: must be at most 1000 with sliding_log (one entry per unit), got 5000"}},
+		{`{"limit":100,"window":"1s","algorithm":"fixed_window","max_cost":5000,"cost":4000}`, nil},
+		{`{"limit":1,"window":"1s","mode":"shadow","headers":"both"}`, nil},
+		{`{"limit":1,"window":"1s","mode":"dry","headers":"draft"}`, []string{
+			`mode: must be enforce or shadow, got "dry"`,
+			`headers: must be one of x, ietf, both, none, got "draft"`}},
+		{`{"limit":1,"window":"1s","show_headers":false,"headers":"ietf"}`, []string{`show_headers: false contradicts headers "ietf" (use headers: none)`}},
+		{`{"limit":1,"window":"1s","algorithm":"fixed_window","sync_interval":"100ms"}`, nil},
+		{`{"limit":1,"window":"1s","sync_interval":"5ms"}`, []string{
+			"sync_interval: must be between 10ms and 1m, got 5ms",
+			"sync_interval: needs sliding_window or fixed_window in every rule, rule 0 is sliding_log"}},
 		{``, []string{"conf is empty: want a JSON object"}},
 		{`[]`, []string{"conf must be a JSON object"}},
 	}
@@ -58,11 +94,15 @@ func TestParseConf(t *testing.T) {
 
 func TestParseConfDefaults(t *testing.T) {
 	c := mustConf(t, `{"limit":5,"window":"2s"}`)
-	if c.Key != "remote_addr" || c.keyKind != keyAddr || c.RejectedCode != 429 || c.failMode != failOpen || !c.show {
-		t.Fatalf("got key %q kind %c code %d fail %d show %v, want remote_addr a 429 open true", c.Key, c.keyKind, c.RejectedCode, c.failMode, c.show)
+	if len(c.parts) != 1 || c.parts[0].kind != keyAddr || c.RejectedCode != 429 || c.failMode != failOpen || !c.show || !c.hdrX || c.hdrIETF || c.shadow {
+		t.Fatalf("got key %v code %d fail %d show %v x %v ietf %v shadow %v, want remote_addr 429 open, X-RateLimit headers, enforce", c.parts, c.RejectedCode, c.failMode, c.show, c.hdrX, c.hdrIETF, c.shadow)
 	}
-	if c.window != 2*time.Second || string(c.body) != `{"error_msg":"too many requests"}` {
-		t.Fatalf("got window %s body %s", c.window, c.body)
+	r := c.rules[0]
+	if len(c.rules) != 1 || r.window != 2*time.Second || r.alg != algSlidingLog || r.cost.fixed != 1 || r.suffix != "" || string(c.body) != `{"error_msg":"too many requests"}` {
+		t.Fatalf("got rules %+v body %s, want one sliding_log rule of cost 1 on v1's key", c.rules, c.body)
+	}
+	if c.MaxCost != 1000 || c.Headers != "x" || c.Mode != "enforce" || c.SyncInterval != 0 {
+		t.Fatalf("got max_cost %d headers %q mode %q sync %s, want 1000 x enforce 0", c.MaxCost, c.Headers, c.Mode, c.SyncInterval)
 	}
 	// No name: the counter belongs to the conf, so two different confs
 	// never share one, and the same conf always maps to the same one.
@@ -85,6 +125,9 @@ func FuzzParseConf(f *testing.F) {
 		`{"limit":1,"window":"1s","key":"arg:\u0000"}`,
 		`{"limit":1e3,"window":"1h"}`,
 		`{"limit":1,"window":"1s"}{}`,
+		`{"rules":[{"limit":10,"window":"1s","cost":2},{"limit":9,"window":"24h","algorithm":"fixed_window","key":["consumer","const:x"]}],"mode":"shadow","headers":"ietf"}`,
+		`{"limit":5,"window":"1h","algorithm":"sliding_window","cost":"var:bytes","max_cost":99,"sync_interval":"1s"}`,
+		`{"rules":[{"rules":[]}]}`,
 		`{`,
 	} {
 		f.Add([]byte(s))
@@ -103,20 +146,40 @@ func FuzzParseConf(f *testing.F) {
 			return
 		}
 		// A valid conf upholds every invariant the request path relies on.
-		if c.Limit < 1 || c.Limit > maxLimit || c.window < time.Millisecond || c.window > maxWindow {
-			t.Fatalf("accepted limit %d window %s", c.Limit, c.window)
+		if len(c.rules) < 1 || len(c.rules) > maxRules || len(c.parts) > maxRules*maxKeyParts {
+			t.Fatalf("accepted %d rules, %d key parts", len(c.rules), len(c.parts))
+		}
+		for _, r := range c.rules {
+			maxL, maxW := int64(maxLimitO1), maxWindowO1
+			if r.alg == algSlidingLog {
+				maxL, maxW = maxLimit, maxWindow
+			}
+			if r.limit < 1 || r.limit > maxL || r.window < time.Millisecond || r.window > maxW || r.window%time.Millisecond != 0 {
+				t.Fatalf("accepted limit %d window %s for %c", r.limit, r.window, r.alg)
+			}
+			if len(r.parts) < 1 || len(r.parts) > maxKeyParts {
+				t.Fatalf("accepted a rule with %d key parts", len(r.parts))
+			}
+			if r.cost.fixed == 0 && r.cost.name == "" || r.cost.fixed > c.MaxCost || r.alg == algSlidingLog && r.cost.fixed > maxCostLog {
+				t.Fatalf("accepted cost %+v (max_cost %d) for %c", r.cost, c.MaxCost, r.alg)
+			}
+			if c.SyncInterval != 0 && r.alg == algSlidingLog {
+				t.Fatalf("accepted delayed sync with sliding_log")
+			}
 		}
 		if c.RejectedCode < 400 || c.RejectedCode > 599 || c.ns == "" || len(c.body) == 0 {
 			t.Fatalf("accepted conf with code %d ns %q", c.RejectedCode, c.ns)
 		}
-		switch c.keyKind {
-		case keyAddr, keyConsumer:
-		case keyHeader, keyArg, keyVar:
-			if c.keyName == "" {
-				t.Fatalf("key %q with empty name", c.Key)
+		for _, p := range c.parts {
+			switch p.kind {
+			case keyAddr, keyConsumer:
+			case keyHeader, keyArg, keyVar, keyConst, keyRoute:
+				if p.name == "" || strings.ContainsAny(p.name, "{}|") && p.kind == keyConst {
+					t.Fatalf("key part %+v with a bad name", p)
+				}
+			default:
+				t.Fatalf("key part has kind %q", p.kind)
 			}
-		default:
-			t.Fatalf("key %q has kind %q", c.Key, c.keyKind)
 		}
 		if strings.ContainsAny(c.ns, "{}|") {
 			t.Fatalf("namespace %q would break the key layout", c.ns)
@@ -131,5 +194,5 @@ func ExampleParseConf() {
 	}
 	// Output:
 	// limit: is required and must be between 1 and 1000000, got 0
-	// key: must be remote_addr, consumer, header:<Name>, arg:<name> or var:<name>, got "ip"
+	// key: must be remote_addr, consumer, route, header:<Name>, arg:<name>, var:<name> or const:<name>, got "ip"
 }

@@ -85,6 +85,14 @@ type Config struct {
 	// known to be over their limit. Least recently used keys are dropped
 	// first. If zero, 100000 (about 10 MB each at most).
 	LocalMaxKeys int `yaml:"local_max_keys"`
+	// Shadow puts every route in shadow mode (a dry run: decided and
+	// counted, never rejected; see the conf's mode). If false, each
+	// route's mode applies.
+	Shadow bool `yaml:"shadow"`
+	// NearLimitRatio is the share of a rule's limit at or above which an
+	// allowed decision is counted in apisix_edge_ratelimit_near_limit_total
+	// (envoy's near_limit). If zero, 0.8. Above 0 and at most 1.
+	NearLimitRatio float64 `yaml:"near_limit_ratio"`
 }
 
 // BreakerConfig is redis.breaker: when it opens, decisions take no Redis
@@ -185,6 +193,9 @@ func (x *Config) ApplyDefaults() {
 	if x.LocalMaxKeys == 0 {
 		x.LocalMaxKeys = 100000
 	}
+	if x.NearLimitRatio == 0 {
+		x.NearLimitRatio = 0.8
+	}
 }
 
 func (x *Config) Validate() []error {
@@ -270,6 +281,9 @@ func (x *Config) Validate() []error {
 	}
 	if x.LocalMaxKeys < 1 {
 		bad("local_max_keys", "must be >= 1, got %d", x.LocalMaxKeys)
+	}
+	if x.NearLimitRatio <= 0 || x.NearLimitRatio > 1 {
+		bad("near_limit_ratio", "must be > 0 and <= 1, got %v", x.NearLimitRatio)
 	}
 	return errs
 }

@@ -32,6 +32,28 @@ type testReq struct {
 	vars  map[string]string
 	resp  http.Header
 	nVars int
+	cv    map[any]any // values of the call (core.CallValues)
+}
+
+func (r *testReq) SetCallValue(k, v any) {
+	if r.cv == nil {
+		r.cv = map[any]any{}
+	}
+	r.cv[k] = v
+}
+
+func (r *testReq) CallValue(k any) any { return r.cv[k] }
+
+// evalOne sends one sliding-log decision for key straight to eval.
+func evalOne(r *RateLimit, key string) error {
+	c, err := ParseConf([]byte(`{"limit":100,"window":"1m"}`))
+	if err != nil {
+		return err
+	}
+	d := &decision{n: 1}
+	d.keys[0], d.limit[0], d.window[0], d.cost[0] = key, 100, time.Minute, 1
+	_, err = r.eval(c, d, time.Now())
+	return err
 }
 
 func newReq(ip string) *testReq {

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
-	"strings"
 )
 
 // maxPlainKey is the longest key value stored as is; longer or odd values
@@ -39,28 +38,6 @@ func boundKey(v string) string {
 	}
 	sum := sha256.Sum256([]byte(v))
 	return "#" + hex.EncodeToString(sum[:16])
-}
-
-// counterKey builds the Redis key of one counter:
-//
-//	<prefix>{<ns>|<tenant>|<kind>:<value>}
-//
-// The whole identity is the Cluster hash tag, so the key maps to one slot
-// and every counter spreads over the cluster on its own.
-func counterKey(prefix, ns, tenant string, kind keyKind, value string) string {
-	var b strings.Builder
-	b.Grow(len(prefix) + len(ns) + len(tenant) + len(value) + 8)
-	b.WriteString(prefix)
-	b.WriteByte('{')
-	b.WriteString(ns)
-	b.WriteByte('|')
-	b.WriteString(tenant)
-	b.WriteByte('|')
-	b.WriteByte(byte(kind))
-	b.WriteByte(':')
-	b.WriteString(value)
-	b.WriteByte('}')
-	return b.String()
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

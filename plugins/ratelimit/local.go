@@ -53,8 +53,8 @@ type localLimiter struct {
 type localWindow struct {
 	mu     sync.Mutex
 	start  time.Time // start of the current fixed window
-	cur    int
-	prev   int
+	cur    int64
+	prev   int64
 	window time.Duration
 }
 
@@ -63,9 +63,10 @@ func newLocalLimiter(size int) *localLimiter {
 	return &localLimiter{c: c}
 }
 
-// decide counts one request on key at now. It returns whether it is
-// allowed, the remaining requests and the time until a slot frees.
-func (l *localLimiter) decide(key string, limit int, window time.Duration, now time.Time) (allowed bool, remaining int, reset time.Duration) {
+// decide judges a request of cost units on key at now, and counts it if
+// commit and it fits. It returns whether it fits, the remaining units and
+// the time until the current fixed window ends.
+func (l *localLimiter) decide(key string, limit int64, window time.Duration, cost int64, now time.Time, commit bool) (allowed bool, remaining int64, reset time.Duration) {
 	w, ok := l.c.Get(key)
 	if !ok {
 		nw := &localWindow{start: now, window: window}
@@ -94,11 +95,13 @@ func (l *localLimiter) decide(key string, limit int, window time.Duration, now t
 	weight := 1 - float64(el)/float64(window)
 	est := float64(w.prev)*weight + float64(w.cur)
 	reset = window - el
-	if est+1 > float64(limit) {
+	if est+float64(cost) > float64(limit) {
 		return false, 0, reset
 	}
-	w.cur++
-	remaining = limit - int(est) - 1
+	if commit {
+		w.cur += cost
+	}
+	remaining = limit - int64(est) - cost
 	if remaining < 0 {
 		remaining = 0
 	}

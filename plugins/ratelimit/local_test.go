@@ -11,7 +11,7 @@ func TestLocalLimiterSlides(t *testing.T) {
 	t0 := time.Unix(100, 0)
 	allowed := 0
 	for i := 0; i < 8; i++ {
-		if ok, _, _ := l.decide("k", 5, time.Second, t0); ok {
+		if ok, _, _ := l.decide("k", 5, time.Second, 1, t0, true); ok {
 			allowed++
 		}
 	}
@@ -22,7 +22,7 @@ func TestLocalLimiterSlides(t *testing.T) {
 	// weigh: 2.5, so 2 more fit (2.5+2 < 5, 2.5+3 > 5).
 	allowed = 0
 	for i := 0; i < 5; i++ {
-		if ok, _, _ := l.decide("k", 5, time.Second, t0.Add(1500*time.Millisecond)); ok {
+		if ok, _, _ := l.decide("k", 5, time.Second, 1, t0.Add(1500*time.Millisecond), true); ok {
 			allowed++
 		}
 	}
@@ -30,11 +30,11 @@ func TestLocalLimiterSlides(t *testing.T) {
 		t.Fatalf("got %d allowed half-way into the next window, want 2", allowed)
 	}
 	// Two windows later nothing weighs any more.
-	if ok, rem, _ := l.decide("k", 5, time.Second, t0.Add(3*time.Second)); !ok || rem != 4 {
+	if ok, rem, _ := l.decide("k", 5, time.Second, 1, t0.Add(3*time.Second), true); !ok || rem != 4 {
 		t.Fatalf("got allowed %v remaining %d after two idle windows, want true 4", ok, rem)
 	}
 	// Another key is counted on its own.
-	if ok, _, _ := l.decide("other", 5, time.Second, t0); !ok {
+	if ok, _, _ := l.decide("other", 5, time.Second, 1, t0, true); !ok {
 		t.Fatalf("got other key rejected, want allowed")
 	}
 }
@@ -43,7 +43,7 @@ func TestLocalLimiterBounded(t *testing.T) {
 	l := newLocalLimiter(100)
 	t0 := time.Unix(100, 0)
 	for i := 0; i < 1000; i++ {
-		l.decide(strings.Repeat("x", i%50)+string(rune('a'+i%26))+itoa(int64(i)), 1, time.Second, t0)
+		l.decide(strings.Repeat("x", i%50)+string(rune('a'+i%26))+itoa(int64(i)), 1, time.Second, 1, t0, true)
 	}
 	if got := l.len(); got != 100 {
 		t.Fatalf("got %d keys tracked, want the bound 100", got)
@@ -103,13 +103,6 @@ func TestBoundKey(t *testing.T) {
 	}
 }
 
-func TestCounterKeyHashTag(t *testing.T) {
-	k := counterKey("edge:rl:", "n:api", "acme", keyHeader, "k1")
-	if k != "edge:rl:{n:api|acme|h:k1}" {
-		t.Fatalf("got %q", k)
-	}
-}
-
 func TestParseOverride(t *testing.T) {
 	tests := []struct {
 		in      string
@@ -122,7 +115,11 @@ func TestParseOverride(t *testing.T) {
 		{"0", override{}, true},
 		{"x/1s", override{}, true},
 		{"5/1x", override{}, true},
-		{"5/48h", override{}, true},
+		{"5/48h", override{limit: 5, window: 48 * time.Hour}, false},
+		{"5/8785h", override{}, true},
+		{"unlimited", override{unlimited: true}, false},
+		{"9007199254740992", override{limit: 1 << 53}, false},
+		{"9007199254740993", override{}, true},
 		{"5/1500us", override{}, true},
 	}
 	for _, tt := range tests {

@@ -18,10 +18,12 @@ const (
 	outDegradedClosed
 	outLocalAllowed
 	outLocalRejected
+	outShadowRejected
+	outUnlimited
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"allowed", "rejected", "rejected_cached", "degraded_open", "degraded_closed", "local_allowed", "local_rejected"}
+var outcomeNames = [numOutcomes]string{"allowed", "rejected", "rejected_cached", "degraded_open", "degraded_closed", "local_allowed", "local_rejected", "shadow_rejected", "unlimited"}
 
 func (o outcome) String() string { return outcomeNames[o] }
 
@@ -46,6 +48,8 @@ type metrics struct {
 	breaker      prometheus.Gauge
 	transitions  *prometheus.CounterVec
 	fallbacks    prometheus.Counter
+	nearLimit    prometheus.Counter
+	costFallback prometheus.Counter
 	lookups      map[string]prometheus.Counter
 	batchSize    prometheus.Observer
 	batcherDrops map[string]prometheus.Counter
@@ -54,7 +58,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: core.Namespace, Name: "ratelimit_decisions_total",
-		Help: "Rate-limit decisions by outcome: allowed, rejected (by Redis), rejected_cached (local over-limit cache, no Redis trip), degraded_open, degraded_closed, local_allowed, local_rejected.",
+		Help: "Rate-limit decisions by outcome: allowed, rejected (by Redis), rejected_cached (local over-limit cache, no Redis trip), degraded_open, degraded_closed, local_allowed, local_rejected, shadow_rejected (a rejection mode shadow let through), unlimited (a tenant override says unlimited: no rule decided).",
 	}, []string{"outcome"})
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: core.Namespace, Name: "ratelimit_redis_seconds",
@@ -71,7 +75,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}, []string{"to"})
 	fallbacks := prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: core.Namespace, Name: "ratelimit_key_fallbacks_total",
-		Help: "Requests whose rate-limit key had no value and were counted by remote_addr.",
+		Help: "Requests with a rate-limit key part that had no value (no verified consumer, a missing header, arg or variable), counted by remote_addr instead.",
+	})
+	nearLimit := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_near_limit_total",
+		Help: "Allowed decisions that left a rule at or above redis.near_limit_ratio of its limit.",
+	})
+	costFallbacks := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: core.Namespace, Name: "ratelimit_cost_fallbacks_total",
+		Help: "Requests whose cost header or variable was missing or not a positive integer, charged 1.",
 	})
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: core.Namespace, Name: "ratelimit_tenant_override_lookups_total",
@@ -86,10 +98,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Namespace: core.Namespace, Name: "ratelimit_batcher_dropped_total",
 		Help: "Decisions the batcher could not send to Redis, by reason: queue_full (failed at once), queue_timeout (still queued at the deadline). Each is also a degraded decision.",
 	}, []string{"reason"})
-	reg.MustRegister(decisions, latency, breaker, transitions, fallbacks, lookups, batch, drops)
+	reg.MustRegister(decisions, latency, breaker, transitions, fallbacks, nearLimit, costFallbacks, lookups, batch, drops)
 	m := &metrics{
 		redisOK: latency.WithLabelValues("ok"), redisErr: latency.WithLabelValues("error"),
 		breaker: breaker, transitions: transitions, fallbacks: fallbacks,
+		nearLimit: nearLimit, costFallback: costFallbacks,
 		lookups:   map[string]prometheus.Counter{},
 		batchSize: batch, batcherDrops: map[string]prometheus.Counter{},
 	}

@@ -23,8 +23,9 @@ import (
 const overridesKey = "overrides"
 
 type override struct {
-	limit  int
-	window time.Duration
+	limit     int64
+	window    time.Duration
+	unlimited bool
 }
 
 type overrideEntry struct {
@@ -94,19 +95,25 @@ func (o *overrides) get(name, tenant string) (override, bool) {
 	return ne.o, ne.found
 }
 
-// parseOverride reads "<limit>" or "<limit>/<window>". Without a window
-// the conf's window applies (a zero window in the result).
+// parseOverride reads "unlimited", "<limit>" or "<limit>/<window>".
+// Without a window the rule's window applies (a zero window in the
+// result). Limits and windows beyond sliding_log's bounds are checked
+// against the rule's algorithm on use.
 func parseOverride(s string) (override, error) {
-	ls, ws, hasWindow := strings.Cut(strings.TrimSpace(s), "/")
-	n, err := strconv.Atoi(ls)
-	if err != nil || n <= 0 || n > maxLimit {
-		return override{}, fmt.Errorf("parse tenant override %q: limit must be an integer between 1 and %d", truncate(s), maxLimit)
+	s = strings.TrimSpace(s)
+	if s == "unlimited" {
+		return override{unlimited: true}, nil
+	}
+	ls, ws, hasWindow := strings.Cut(s, "/")
+	n, err := strconv.ParseInt(ls, 10, 64)
+	if err != nil || n <= 0 || n > maxLimitO1 {
+		return override{}, fmt.Errorf("parse tenant override %q: limit must be \"unlimited\" or an integer between 1 and 2^53", truncate(s))
 	}
 	o := override{limit: n}
 	if hasWindow {
 		w, err := time.ParseDuration(ws)
-		if err != nil || w < time.Millisecond || w > maxWindow || w%time.Millisecond != 0 {
-			return override{}, fmt.Errorf("parse tenant override %q: window must be a duration between 1ms and 24h in whole milliseconds", truncate(s))
+		if err != nil || w < time.Millisecond || w > maxWindowO1 || w%time.Millisecond != 0 {
+			return override{}, fmt.Errorf("parse tenant override %q: window must be a duration between 1ms and 8784h in whole milliseconds", truncate(s))
 		}
 		o.window = w
 	}

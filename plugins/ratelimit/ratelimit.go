@@ -15,6 +15,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,8 @@ const (
 	hdrStatus      = "X-Ratelimit-Status"
 	hdrRetryAfter  = "Retry-After"
 	hdrContentType = "Content-Type"
+	hdrPolicy      = "Ratelimit-Policy" // draft-ietf-httpapi-ratelimit-headers
+	hdrRateLimit   = "Ratelimit"
 	statusDegrade  = "degraded"
 )
 
@@ -57,7 +60,7 @@ type headerWriter struct {
 }
 
 func newHeaderWriter(h http.Header) headerWriter {
-	return headerWriter{h: h, vals: make([]string, 0, 6)}
+	return headerWriter{h: h, vals: make([]string, 0, 8)}
 }
 
 func (hw *headerWriter) set(name, value string) {
@@ -204,10 +207,10 @@ func (r *RateLimit) Start(ctx context.Context) {
 func (r *RateLimit) loadScript(ctx context.Context) error {
 	if cc, ok := r.client.(*redis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			return slidingLog.Load(ctx, c).Err()
+			return decideScript.Load(ctx, c).Err()
 		})
 	}
-	return slidingLog.Load(ctx, r.client).Err()
+	return decideScript.Load(ctx, r.client).Err()
 }
 
 // Shutdown stops the batcher's workers (after their round trips, each
@@ -225,36 +228,101 @@ func (r *RateLimit) Shutdown(context.Context) error {
 // ResponseFilter does nothing: the limiter decides before the upstream.
 func (r *RateLimit) ResponseFilter(any, pkgHTTP.Response) {}
 
+// decision is one request's rules as judged: keys, effective limits and
+// windows, costs, and Redis' verdicts.
+type decision struct {
+	n         int
+	keys      [maxRules]string
+	limit     [maxRules]int64
+	window    [maxRules]time.Duration
+	cost      [maxRules]int64
+	v         [maxRules]ruleVerdict
+	args      [2 + 4*maxRules]any
+	override  bool // rule 0's limit or window comes from a tenant override
+	unlimited bool // a tenant override says "unlimited"
+}
+
 // RequestFilter decides one request.
 func (r *RateLimit) RequestFilter(conf any, w http.ResponseWriter, req pkgHTTP.Request) {
 	c, ok := conf.(*Conf)
 	if !ok {
 		return // the guard answers invalid confs; nothing else reaches here
 	}
-	key, limit, window := r.identify(c, req)
+	d := &decision{}
+	r.identify(c, req, d)
+	if d.unlimited {
+		r.count(outUnlimited)
+		return
+	}
+	shadow := c.shadow || r.cfg.Shadow
 	now := r.now()
-	if until, ok := r.over.until(key, now); ok {
-		// Redis said this key has no slot before until, so the answer is
-		// exact; while Redis is failing (last call failed, or the breaker
-		// is not closed) it is still marked degraded, so that every answer
-		// during an outage carries the mark.
+	if c.SyncInterval != 0 {
+		r.syncDecide(c, w, req, d, now, shadow)
+		return
+	}
+	// A key Redis said is full rejects without a Redis trip until it
+	// frees: exact, as a rejection adds nothing. While Redis is failing
+	// (last call failed, or the breaker is not closed) it is still marked
+	// degraded, so that every answer during an outage carries the mark.
+	worst, wait := -1, time.Duration(0)
+	for i := 0; i < d.n; i++ {
+		if until, ok := r.over.until(d.keys[i], now); ok && until.Sub(now) > wait {
+			worst, wait = i, until.Sub(now)
+		}
+	}
+	if worst >= 0 {
+		if shadow {
+			r.count(outShadowRejected)
+			return
+		}
 		r.count(outRejectedCached)
-		r.reject(c, w, limit, 0, until.Sub(now), r.brk.Load() != 0 || r.failing.Load())
+		d.v[worst] = ruleVerdict{reset: wait}
+		r.reject(c, w, d, worst, r.brk.Load() != 0 || r.failing.Load())
 		return
 	}
-	v, err := r.eval(key, limit, window, now)
+	allowed, err := r.eval(c, d, now)
 	if err != nil {
-		r.degraded(c, w, req, key, limit, window, now, err)
+		r.degraded(c, w, req, d, now, err, shadow)
 		return
 	}
-	if !v.allowed {
-		r.over.set(key, now.Add(v.reset))
+	if !allowed {
+		worst = -1
+		for i := 0; i < d.n; i++ {
+			v := d.v[i]
+			if v.fits {
+				continue
+			}
+			if d.cost[i] == 1 {
+				r.over.set(d.keys[i], now.Add(v.reset))
+			}
+			if worst < 0 || v.reset > d.v[worst].reset {
+				worst = i
+			}
+		}
+		if shadow {
+			r.count(outShadowRejected)
+			return
+		}
 		r.count(outRejected)
-		r.reject(c, w, limit, 0, v.reset, false)
+		r.reject(c, w, d, worst, false)
 		return
 	}
 	r.count(outAllowed)
-	r.allow(c, req, limit, int(int64(limit)-v.count), v.reset, false)
+	r.nearLimit(d)
+	if !shadow {
+		r.allow(c, req, d, false)
+	}
+}
+
+// nearLimit counts a decision that left a rule at or above the near-limit
+// ratio of its limit (once per decision).
+func (r *RateLimit) nearLimit(d *decision) {
+	for i := 0; i < d.n; i++ {
+		if float64(d.limit[i]-d.v[i].remaining) >= r.cfg.NearLimitRatio*float64(d.limit[i]) {
+			r.met.nearLimit.Inc()
+			return
+		}
+	}
 }
 
 // Recovered answers a request after a panic in RequestFilter by the
@@ -264,72 +332,189 @@ func (r *RateLimit) Recovered(conf any, w http.ResponseWriter, req pkgHTTP.Reque
 	if !ok {
 		return
 	}
-	switch c.failMode {
-	case failClosed:
+	switch {
+	case c.failMode == failClosed && !c.shadow && !r.cfg.Shadow:
 		r.count(outDegradedClosed)
 		r.unavailable(c, w)
 	default: // the local limiter is what may have panicked: allow
 		r.count(outDegradedOpen)
-		if c.show {
+		if c.show && !c.shadow && !r.cfg.Shadow {
 			h := newHeaderWriter(req.RespHeader())
 			h.set(hdrStatus, statusDegrade)
 		}
 	}
 }
 
-// identify returns the counter key and the effective limit and window.
-func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request) (key string, limit int, window time.Duration) {
-	kind, val := c.keyKind, ""
-	switch c.keyKind {
-	case keyHeader:
-		val = req.Header().Get(c.keyName)
-	case keyArg:
-		val = req.Args().Get(c.keyName)
-	case keyVar:
-		if b, err := req.Var(c.keyName); err == nil {
-			val = string(b)
+// identify fills d with the request's counter keys and the effective
+// limits, windows and costs of its rules.
+func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request, d *decision) {
+	var vals [maxRules * maxKeyParts]string
+	var fellBack bool
+	addr := ""
+	for i, p := range c.parts {
+		v := ""
+		switch p.kind {
+		case keyHeader:
+			v = req.Header().Get(p.name)
+		case keyArg:
+			v = req.Args().Get(p.name)
+		case keyVar, keyRoute:
+			if b, err := req.Var(p.name); err == nil {
+				v = string(b)
+			}
+		case keyConsumer:
+			// Only the identity an earlier plugin verified for this very
+			// call: never a header, which a client could send itself.
+			v, _ = core.VerifiedConsumer(req)
+		case keyConst:
+			vals[i] = "k:" + p.name
+			continue
 		}
-	case keyConsumer:
-		val = req.Header().Get(core.ConsumerHeader)
+		if v == "" {
+			fellBack = fellBack || p.kind != keyAddr
+			if addr == "" {
+				addr = "a:unknown"
+				if ip := req.SrcIP(); ip != nil {
+					addr = "a:" + ip.String()
+				}
+			}
+			vals[i] = addr
+			continue
+		}
+		vals[i] = string(p.kind) + ":" + boundKey(v)
 	}
-	if c.keyKind != keyAddr && val == "" {
+	if fellBack {
 		r.met.fallbacks.Inc()
 	}
-	if val == "" {
-		kind = keyAddr
-		if ip := req.SrcIP(); ip != nil {
-			val = ip.String()
-		} else {
-			val = "unknown"
-		}
-	}
-	limit, window = c.Limit, c.window
 	tenant := ""
+	var o override
+	var haveO bool
 	if c.TenantHeader != "" {
 		if t := req.Header().Get(c.TenantHeader); t != "" {
 			tenant = boundKey(t)
 			if tenant == t { // odd or huge tenant ids are hashed and never overridden
-				if o, ok := r.tenant.get(c.Name, t); ok {
-					limit = o.limit
-					if o.window > 0 {
-						window = o.window
-					}
-				}
+				o, haveO = r.tenant.get(c.Name, t)
 			}
 		}
 	}
-	return counterKey(r.cfg.KeyPrefix, c.ns, tenant, kind, boundKey(val)), limit, window
+	if haveO && o.unlimited {
+		d.unlimited = true
+		return
+	}
+	var b strings.Builder
+	b.Grow(len(r.cfg.KeyPrefix) + len(c.ns) + len(tenant) + 32)
+	b.WriteString(r.cfg.KeyPrefix)
+	b.WriteByte('{')
+	b.WriteString(c.ns)
+	b.WriteByte('|')
+	b.WriteString(tenant)
+	b.WriteByte('|')
+	for j, i := range c.common {
+		if j > 0 {
+			b.WriteByte('|')
+		}
+		b.WriteString(vals[i])
+	}
+	b.WriteByte('}')
+	tag := b.String()
+	var costs costMemo
+	d.n = len(c.rules)
+	for i := range c.rules {
+		ru := &c.rules[i]
+		key := tag
+		if ru.suffix != "" || len(ru.rest) > 0 {
+			b.Reset()
+			b.WriteString(tag)
+			b.WriteString(ru.suffix)
+			for _, p := range ru.rest {
+				b.WriteByte('|')
+				b.WriteString(vals[p])
+			}
+			key = b.String()
+		}
+		d.keys[i] = key
+		d.limit[i], d.window[i] = ru.limit, ru.window
+		d.cost[i] = r.cost(c, ru, req, &costs)
+	}
+	if haveO {
+		ru := &c.rules[0]
+		maxL, maxW := int64(maxLimitO1), maxWindowO1
+		if ru.alg == algSlidingLog {
+			maxL, maxW = maxLimit, maxWindow
+		}
+		if o.limit > maxL || o.window > maxW {
+			r.deps.Throttle.Warn("ratelimit:override", "ratelimit: tenant override ignored: beyond the bounds of the rule's algorithm",
+				fmt.Errorf("override limit %d window %s for %s", o.limit, o.window, algName(ru.alg)))
+			return
+		}
+		d.limit[0], d.override = o.limit, true
+		if o.window > 0 {
+			d.window[0] = o.window
+		}
+	}
 }
 
-// eval runs the sliding-log script through the breaker, within the call
-// timeout.
-func (r *RateLimit) eval(key string, limit int, window time.Duration, now time.Time) (verdict, error) {
+// costMemo keeps the last cost source read for one request, so that rules
+// sharing a source read it once (a variable is an ExtraInfo round trip).
+type costMemo struct {
+	src costSrc
+	v   int64
+	ok  bool
+}
+
+// cost is what the request consumes from rule ru.
+func (r *RateLimit) cost(c *Conf, ru *rule, req pkgHTTP.Request, m *costMemo) int64 {
+	if ru.cost.fixed > 0 {
+		return ru.cost.fixed
+	}
+	if m.ok && m.src == ru.cost {
+		return m.v
+	}
+	s := ""
+	if ru.cost.kind == 'h' {
+		s = req.Header().Get(ru.cost.name)
+	} else if b, err := req.Var(ru.cost.name); err == nil {
+		s = string(b)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	switch {
+	case err != nil || n < 1:
+		// Missing or invalid: one unit, as a request without cost.
+		r.met.costFallback.Inc()
+		n = 1
+	case n > c.MaxCost:
+		n = c.MaxCost
+	}
+	*m = costMemo{src: ru.cost, v: n, ok: true}
+	return n
+}
+
+func algName(a algo) string {
+	for n, x := range algoNames {
+		if x == a {
+			return n
+		}
+	}
+	return string(a)
+}
+
+// eval runs the decision script for every rule of d through the breaker,
+// within the call timeout, and fills d.v.
+func (r *RateLimit) eval(c *Conf, d *decision, now time.Time) (bool, error) {
 	nowArg := ""
 	if r.clock {
 		nowArg = strconv.FormatInt(now.UnixMilli(), 10)
 	}
-	member := r.member + strconv.FormatUint(r.seq.Add(1), 36)
-	keys, args := []string{key}, []any{limit, window.Milliseconds(), member, nowArg}
+	member := ""
+	if c.anyLog {
+		member = r.member + strconv.FormatUint(r.seq.Add(1), 36)
+	}
+	args := d.args[:0]
+	args = append(args, nowArg, member)
+	for i := 0; i < d.n; i++ {
+		args = append(args, algArg[c.rules[i].alg], d.limit[i], d.window[i].Milliseconds(), d.cost[i])
+	}
+	keys := d.keys[:d.n]
 	var res any
 	var err error
 	if r.batch != nil {
@@ -337,14 +522,17 @@ func (r *RateLimit) eval(key string, limit int, window time.Duration, now time.T
 		res, err = r.call(func() (any, error) { return r.batch.do(keys, args) })
 	} else {
 		res, err = r.callCtx(func(ctx context.Context) (any, error) {
-			return slidingLog.Run(ctx, r.client, keys, args...).Result()
+			return decideScript.Run(ctx, r.client, keys, args...).Result()
 		})
 	}
 	if err != nil {
-		return verdict{}, err
+		return false, err
 	}
-	return parseVerdict(res)
+	return parseVerdict(res, d.v[:d.n])
 }
+
+// algArg is each algorithm as the script's argument.
+var algArg = map[algo]any{algSlidingLog: "l", algSlidingWindow: "s", algFixedWindow: "f"}
 
 // callCtx is call for a direct Redis call, given its own deadline.
 func (r *RateLimit) callCtx(fn func(ctx context.Context) (any, error)) (any, error) {
@@ -406,59 +594,142 @@ func (l goRedisLog) Printf(_ context.Context, format string, v ...any) {
 func (r *RateLimit) mono() int64 { return int64(time.Since(r.base)) }
 
 // degraded answers a request Redis could not decide, by fail_mode.
-func (r *RateLimit) degraded(c *Conf, w http.ResponseWriter, req pkgHTTP.Request, key string, limit int, window time.Duration, now time.Time, err error) {
+func (r *RateLimit) degraded(c *Conf, w http.ResponseWriter, req pkgHTTP.Request, d *decision, now time.Time, err error, shadow bool) {
 	r.deps.Throttle.Warn("ratelimit:degraded", "ratelimit FAILING OPEN/CLOSED/LOCAL per route fail_mode: redis cannot decide", err)
 	switch c.failMode {
 	case failClosed:
 		r.count(outDegradedClosed)
-		r.unavailable(c, w)
+		if !shadow {
+			r.unavailable(c, w)
+		}
 	case failLocal:
-		allowed, remaining, reset := r.local.decide(key, limit, window, now)
-		if !allowed {
+		if !r.localDecide(d, now) {
+			worst := 0
+			for i := 0; i < d.n; i++ {
+				if !d.v[i].fits && (d.v[worst].fits || d.v[i].reset > d.v[worst].reset) {
+					worst = i
+				}
+			}
+			if shadow {
+				r.count(outShadowRejected)
+				return
+			}
 			r.count(outLocalRejected)
-			r.reject(c, w, limit, 0, reset, true)
+			r.reject(c, w, d, worst, true)
 			return
 		}
 		r.count(outLocalAllowed)
-		r.allow(c, req, limit, remaining, reset, true)
+		if !shadow {
+			r.allow(c, req, d, true)
+		}
 	default:
 		r.count(outDegradedOpen)
-		if c.show {
+		if c.show && !shadow {
 			h := newHeaderWriter(req.RespHeader())
-			h.set(hdrLimit, c.limitText(limit))
+			if c.hdrX {
+				h.set(hdrLimit, r.limitText(c, d, 0))
+			}
 			h.set(hdrStatus, statusDegrade)
 		}
 	}
 }
 
-// allow adds the limit headers to the client's response; the request goes
-// on to the upstream.
-func (r *RateLimit) allow(c *Conf, req pkgHTTP.Request, limit, remaining int, reset time.Duration, degraded bool) {
+// localDecide is fail_mode local: every rule in the runner's memory; the
+// request is counted only if every rule has room.
+func (r *RateLimit) localDecide(d *decision, now time.Time) bool {
+	ok := true
+	for i := 0; i < d.n; i++ {
+		fits, rem, reset := r.local.decide(d.keys[i], d.limit[i], d.window[i], d.cost[i], now, false)
+		d.v[i] = ruleVerdict{fits: fits, remaining: rem, reset: reset}
+		ok = ok && fits
+	}
+	if !ok {
+		return false
+	}
+	for i := 0; i < d.n; i++ {
+		fits, rem, reset := r.local.decide(d.keys[i], d.limit[i], d.window[i], d.cost[i], now, true)
+		d.v[i] = ruleVerdict{fits: fits, remaining: rem, reset: reset}
+	}
+	return true
+}
+
+// limitText is rule i's limit as text: formatted once per conf, on use for
+// a tenant override.
+func (r *RateLimit) limitText(c *Conf, d *decision, i int) string {
+	if i == 0 && d.override {
+		return itoa(d.limit[0])
+	}
+	return c.rules[i].limitStr
+}
+
+// tightest is the most restrictive rule of an allowed request: the least
+// remaining relative to its limit, then the longest reset.
+func tightest(d *decision) int {
+	best := 0
+	for i := 1; i < d.n; i++ {
+		a, b := d.v[i], d.v[best]
+		// a.remaining/limit_i < b.remaining/limit_best, without division
+		l, r := float64(a.remaining)*float64(d.limit[best]), float64(b.remaining)*float64(d.limit[i])
+		if l < r || (l == r && a.reset > b.reset) {
+			best = i
+		}
+	}
+	return best
+}
+
+// allow adds the limit headers of the most restrictive rule to the
+// client's response; the request goes on to the upstream.
+func (r *RateLimit) allow(c *Conf, req pkgHTTP.Request, d *decision, degraded bool) {
 	if !c.show {
 		return
 	}
+	i := tightest(d)
 	h := newHeaderWriter(req.RespHeader())
-	h.set(hdrLimit, c.limitText(limit))
-	h.set(hdrRemaining, strconv.Itoa(max(remaining, 0)))
-	h.set(hdrReset, strconv.FormatInt(ceilSeconds(reset), 10))
+	r.limitHeaders(c, &h, d, i, d.v[i].remaining, d.v[i].reset, degraded)
+}
+
+// limitHeaders writes the fields of rule i in the conf's header style.
+func (r *RateLimit) limitHeaders(c *Conf, h *headerWriter, d *decision, i int, remaining int64, reset time.Duration, degraded bool) {
+	secs := strconv.FormatInt(ceilSeconds(reset), 10)
+	rem := strconv.FormatInt(max(remaining, 0), 10)
+	if c.hdrX {
+		h.set(hdrLimit, r.limitText(c, d, i))
+		h.set(hdrRemaining, rem)
+		h.set(hdrReset, secs)
+	}
+	if c.hdrIETF {
+		pol := c.policy
+		if d.override {
+			pol = r.policyText(c, d)
+		}
+		h.set(hdrPolicy, pol)
+		h.set(hdrRateLimit, `"r`+strconv.Itoa(i)+`";r=`+rem+";t="+secs)
+	}
 	if degraded {
 		h.set(hdrStatus, statusDegrade)
 	}
 }
 
-// reject answers with the conf's rejection (a Stop: the upstream is not
-// called).
-func (r *RateLimit) reject(c *Conf, w http.ResponseWriter, limit, remaining int, reset time.Duration, degraded bool) {
-	h := newHeaderWriter(w.Header())
-	secs := strconv.FormatInt(ceilSeconds(reset), 10)
-	h.set(hdrRetryAfter, secs)
-	if c.show {
-		h.set(hdrLimit, c.limitText(limit))
-		h.set(hdrRemaining, strconv.Itoa(remaining))
-		h.set(hdrReset, secs)
-		if degraded {
-			h.set(hdrStatus, statusDegrade)
+// policyText is RateLimit-Policy with a tenant's override of rule 0.
+func (r *RateLimit) policyText(c *Conf, d *decision) string {
+	var b strings.Builder
+	for i := 0; i < d.n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
 		}
+		b.WriteString(policyItem(i, d.limit[i], max(ceilSecs(d.window[i]), 1)))
+	}
+	return b.String()
+}
+
+// reject answers with the conf's rejection (a Stop: the upstream is not
+// called), with the headers of rule i, the one that rejected it with the
+// longest wait.
+func (r *RateLimit) reject(c *Conf, w http.ResponseWriter, d *decision, i int, degraded bool) {
+	h := newHeaderWriter(w.Header())
+	h.set(hdrRetryAfter, strconv.FormatInt(ceilSeconds(d.v[i].reset), 10))
+	if c.show {
+		r.limitHeaders(c, &h, d, i, 0, d.v[i].reset, degraded)
 	}
 	h.set(hdrContentType, "application/json")
 	w.WriteHeader(c.RejectedCode)

@@ -136,8 +136,20 @@ func TestKeys(t *testing.T) {
 		{"header missing falls back", `{"limit":5,"window":"1m","name":"k3","key":"header:X-Api-Key"}`, nil, "edge:rl:{n:k3||a:192.0.2.9}", true},
 		{"arg", `{"limit":5,"window":"1m","name":"k4","key":"arg:user"}`, func(r *testReq) { r.args.Set("user", "bob") }, "edge:rl:{n:k4||q:bob}", false},
 		{"var", `{"limit":5,"window":"1m","name":"k5","key":"var:route_id"}`, func(r *testReq) { r.vars = map[string]string{"route_id": "r7"} }, "edge:rl:{n:k5||v:r7}", false},
-		{"consumer", `{"limit":5,"window":"1m","name":"k6","key":"consumer"}`, func(r *testReq) { r.hdr.Set(core.ConsumerHeader, "alice") }, "edge:rl:{n:k6||c:alice}", false},
+		{"consumer", `{"limit":5,"window":"1m","name":"k6","key":"consumer"}`, func(r *testReq) { core.SetVerifiedConsumer(r, "alice") }, "edge:rl:{n:k6||c:alice}", false},
 		{"consumer missing falls back", `{"limit":5,"window":"1m","name":"k7","key":"consumer"}`, nil, "edge:rl:{n:k7||a:192.0.2.9}", true},
+		{"consumer header is never read", `{"limit":5,"window":"1m","name":"k7b","key":"consumer"}`, func(r *testReq) { r.hdr.Set(core.ConsumerHeader, "mallory") }, "edge:rl:{n:k7b||a:192.0.2.9}", true},
+		{"parts", `{"limit":5,"window":"1m","name":"k10","key":["consumer","header:X-Api-Key"]}`, func(r *testReq) {
+			core.SetVerifiedConsumer(r, "alice")
+			r.hdr.Set("X-Api-Key", "key-1")
+		}, "edge:rl:{n:k10||c:alice|h:key-1}", false},
+		{"const", `{"limit":5,"window":"1m","name":"k11","key":"const:global"}`, nil, "edge:rl:{n:k11||k:global}", false},
+		{"route", `{"limit":5,"window":"1m","name":"k12","key":["route","remote_addr"]}`, func(r *testReq) { r.vars = map[string]string{"route_id": "r9"} }, "edge:rl:{n:k12||r:r9|a:192.0.2.9}", false},
+		{"fixed_window rule", `{"limit":5,"window":"1m","name":"k13","algorithm":"fixed_window"}`, nil, "edge:rl:{n:k13||a:192.0.2.9}:f60000", false},
+		{"rules share the common part as hash tag", `{"name":"k14","key":"consumer","rules":[{"limit":5,"window":"1s"},{"limit":50,"window":"1h","algorithm":"sliding_window","key":["consumer","arg:u"]}]}`, func(r *testReq) {
+			core.SetVerifiedConsumer(r, "bob")
+			r.args.Set("u", "x")
+		}, "edge:rl:{n:k14||c:bob}:s3600000|q:x", false},
 		{"huge header is hashed", `{"limit":5,"window":"1m","name":"k8","key":"header:X-Api-Key"}`, func(r *testReq) { r.hdr.Set("X-Api-Key", string(make([]byte, 100000))) },
 			"edge:rl:{n:k8||h:" + boundKey(string(make([]byte, 100000))) + "}", false},
 		{"tenant", `{"limit":5,"window":"1m","name":"k9","tenant_header":"X-Tenant"}`, func(r *testReq) { r.hdr.Set("X-Tenant", "acme") }, "edge:rl:{n:k9|acme|a:192.0.2.9}", false},

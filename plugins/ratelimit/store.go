@@ -10,80 +10,174 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// slidingLog is the decision, atomic on the server: drop the entries that
-// left the window, count, add this request if under the limit, and give
-// the key the window as TTL, so that keys always expire (an allkeys-lru
-// eviction can only cause a temporary undercount).
+// decideSrc is the decision of every rule of one request, atomic on the
+// server: each rule is judged first, and only if all of them have room for
+// the request's cost is it counted, so a request rejected by one rule
+// consumes nothing from the others. Keys always get a TTL, so that an
+// allkeys-lru eviction can only cause a temporary undercount.
 //
-// KEYS[1] the counter (a sorted set of request ids scored by time in ms)
-// ARGV[1] limit, ARGV[2] window in ms, ARGV[3] a member unique across
-// runners and requests, ARGV[4] the time in ms or "" for Redis' own clock.
+// KEYS[i] is rule i's counter; all keys of one request share a Cluster
+// hash tag. ARGV[1] is the time in ms or "" for Redis' own clock, ARGV[2]
+// a member unique across runners and requests (sliding_log), then four
+// per rule: algorithm ("l" sliding_log, "s" sliding_window, "f"
+// fixed_window), limit, window in ms, cost.
 //
-// It returns {allowed 0|1, entries in the window, ms until reset}: for
-// an allowed request the whole window (the quota is fully back one window
-// after the newest entry), for a rejected one the time until the oldest
-// entry leaves the window and frees a slot (Retry-After). Only rejections
-// pay for the ZRANGE.
+// Per algorithm:
+//   - l: a sorted set of request ids scored by time in ms; entries older
+//     than the window are dropped, the rest counted; a request of cost c
+//     adds c entries. On a rejection, the time until enough entries leave
+//     is read with one ZRANGE.
+//   - f: a string "<window index> <count>", windows aligned to the epoch
+//     (index = floor(now / window)); it expires at the window's end.
+//   - s: a string "<window index> <count> <previous window's count>"; the
+//     estimate is previous × (share of the sliding window still over the
+//     previous fixed window) + count. It expires one window after the
+//     current one ends (it is then the previous window).
+//
+// It returns {allowed 0|1, then per rule: fits 0|1, remaining, ms until
+// reset}. For a rule with room, reset is when the quota is fully back; for
+// one without, when the request's cost would fit (Retry-After).
 //
 // The time is Redis' (TIME) in production: every runner of every gateway
 // node then judges a key against one clock, so runner clock skew can
 // neither stretch nor shrink a window. Scripts may call TIME since Redis 5
-// (effects replication), and a key lives on one server, so one clock per
-// key also holds in Cluster. After a Sentinel failover the new master's
-// clock takes over; NTP-level skew between them shifts at most the entries
-// already in the window by that skew. ARGV[4] exists for tests, which move
-// time instead of sleeping.
-const slidingLogSrc = `
-local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local now = tonumber(ARGV[4])
+// (effects replication), and the keys of one request live on one server,
+// so one clock per request also holds in Cluster. ARGV[1] exists for
+// tests, which move time instead of sleeping.
+const decideSrc = `
+local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', key, now, ARGV[3])
-  count = count + 1
-  allowed = 1
+local n = #KEYS
+local out = {1}
+local put = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local b = 2 + (i - 1) * 4
+  local alg = ARGV[b + 1]
+  local limit = tonumber(ARGV[b + 2])
+  local window = tonumber(ARGV[b + 3])
+  local cost = tonumber(ARGV[b + 4])
+  local fits, rem, reset
+  if alg == 'l' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local c = redis.call('ZCARD', key)
+    fits = c + cost <= limit
+    reset = window
+    if fits then
+      rem = limit - c - cost
+    else
+      rem = limit - c
+      if cost <= limit then
+        local k = c + cost - limit - 1
+        local o = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
+        if o[2] then reset = tonumber(o[2]) + window - now end
+      end
+    end
+  else
+    local idx = math.floor(now / window)
+    local el = now - idx * window
+    local c, p = 0, 0
+    local v = redis.call('GET', key)
+    if v then
+      local si, sc, sp = string.match(v, '^(%d+) (%d+) ?(%d*)')
+      si = tonumber(si)
+      if si == idx then
+        c = tonumber(sc)
+        p = tonumber(sp) or 0
+      elseif si == idx - 1 then
+        p = tonumber(sc)
+      end
+    end
+    if alg == 'f' then
+      fits = c + cost <= limit
+      reset = window - el
+      if fits then
+        rem = limit - c - cost
+        put[i] = {string.format('%d %d', idx, c + cost), window - el}
+      else
+        rem = limit - c
+      end
+    else
+      local est = p * (window - el) / window + c
+      fits = est + cost <= limit
+      if fits then
+        rem = math.floor(limit - est - cost)
+        reset = 2 * window - el
+        put[i] = {string.format('%d %d %d', idx, c + cost, p), 2 * window - el}
+      else
+        rem = math.floor(limit - est)
+        local need = limit - cost - c
+        if cost > limit then
+          reset = window
+        elseif need >= 0 then
+          reset = math.ceil(window - need * window / p) - el
+        else
+          reset = window - el + math.ceil(window - (limit - cost) * window / c)
+        end
+        if reset < 1 then reset = 1 end
+      end
+    end
+  end
+  if rem < 0 then rem = 0 end
+  if not fits then out[1] = 0 end
+  out[#out + 1] = fits and 1 or 0
+  out[#out + 1] = rem
+  out[#out + 1] = reset
 end
-redis.call('PEXPIRE', key, window)
-local reset = window
-if allowed == 0 then
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if oldest[2] then
-    reset = tonumber(oldest[2]) + window - now
+if out[1] == 1 then
+  for i = 1, n do
+    local key = KEYS[i]
+    local b = 2 + (i - 1) * 4
+    if ARGV[b + 1] == 'l' then
+      local cost = tonumber(ARGV[b + 4])
+      if cost == 1 then
+        redis.call('ZADD', key, now, ARGV[2])
+      else
+        local m = {}
+        for j = 1, cost do
+          m[#m + 1] = now
+          m[#m + 1] = ARGV[2] .. '.' .. j
+        end
+        redis.call('ZADD', key, unpack(m))
+      end
+      redis.call('PEXPIRE', key, ARGV[b + 3])
+    else
+      local s = put[i]
+      redis.call('SET', key, s[1], 'PX', s[2])
+    end
   end
 end
-return {allowed, count, reset}
+return out
 `
 
-var slidingLog = redis.NewScript(slidingLogSrc)
+var decideScript = redis.NewScript(decideSrc)
 
-// verdict is Redis' answer for one request.
-type verdict struct {
-	allowed bool
-	count   int64
-	reset   time.Duration
+// ruleVerdict is Redis' answer for one rule.
+type ruleVerdict struct {
+	fits      bool
+	remaining int64
+	reset     time.Duration
 }
 
-func parseVerdict(v any) (verdict, error) {
-	a, ok := v.([]any)
-	if !ok || len(a) != 3 {
-		return verdict{}, fmt.Errorf("decode script reply: want 3 integers, got %T %v", v, v)
+// parseVerdict decodes the script's reply for n rules into v.
+func parseVerdict(reply any, v []ruleVerdict) (allowed bool, err error) {
+	a, ok := reply.([]any)
+	if !ok || len(a) != 1+3*len(v) {
+		return false, fmt.Errorf("decode script reply: want %d integers, got %T %.100v", 1+3*len(v), reply, reply)
 	}
-	var n [3]int64
 	for i := range a {
-		x, ok := a[i].(int64)
-		if !ok {
-			return verdict{}, fmt.Errorf("decode script reply: element %d is %T", i, a[i])
+		if _, ok := a[i].(int64); !ok {
+			return false, fmt.Errorf("decode script reply: element %d is %T", i, a[i])
 		}
-		n[i] = x
 	}
-	return verdict{allowed: n[0] == 1, count: n[1], reset: time.Duration(n[2]) * time.Millisecond}, nil
+	for i := range v {
+		b := 1 + 3*i
+		v[i] = ruleVerdict{fits: a[b].(int64) == 1, remaining: a[b+1].(int64), reset: time.Duration(a[b+2].(int64)) * time.Millisecond}
+	}
+	return a[0].(int64) == 1, nil
 }
 
 // newClient builds the go-redis client of the configured topology. It does
