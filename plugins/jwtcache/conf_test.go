@@ -41,8 +41,8 @@ func TestParseConf(t *testing.T) {
 		check func(*routeConf) string
 	}{
 		{conf: `{"provider":"kc"}`, check: func(rc *routeConf) string {
-			if rc.source.kind != fromBearer || rc.leeway != 30*time.Second || len(rc.algList) != 10 || rc.algs["HS256"] {
-				return fmt.Sprintf("defaults: got source %v leeway %s algs %v", rc.source, rc.leeway, rc.algList)
+			if rc.sources[0].kind != fromBearer || rc.leeway != 30*time.Second || len(rc.algList) != 10 || rc.algs["HS256"] {
+				return fmt.Sprintf("defaults: got source %v leeway %s algs %v", rc.sources, rc.leeway, rc.algList)
 			}
 			return ""
 		}},
@@ -53,27 +53,27 @@ func TestParseConf(t *testing.T) {
 			return ""
 		}},
 		{conf: `{"provider":"kc","audience":["a","b"],"token_header":"x-token","claims_to_headers":{"sub":"x-user-id","tenant_id":"X-Tenant-ID"}}`, check: func(rc *routeConf) string {
-			if len(rc.audience) != 2 || rc.source != (tokenSource{kind: fromHeader, name: "X-Token"}) || len(rc.headers) != 2 || rc.headers[0].header != "X-User-Id" {
+			if len(rc.audience) != 2 || rc.sources[0] != (tokenSource{kind: fromHeader, name: "X-Token"}) || len(rc.headers) != 2 || rc.headers[0].header != "X-User-Id" {
 				return fmt.Sprintf("got %+v", rc)
 			}
 			return ""
 		}},
 		{conf: `{"provider":"kc","token_header":"authorization"}`, check: func(rc *routeConf) string {
-			if rc.source.kind != fromBearer {
+			if rc.sources[0].kind != fromBearer {
 				return "authorization header must mean the Bearer scheme"
 			}
 			return ""
 		}},
 		{conf: `{"jwks_url":"https://idp/certs","token_cookie":"at"}`, check: func(rc *routeConf) string {
-			if rc.jwksURL != "https://idp/certs" || rc.source != (tokenSource{kind: fromCookie, name: "at"}) {
+			if rc.jwksURL != "https://idp/certs" || rc.sources[0] != (tokenSource{kind: fromCookie, name: "at"}) {
 				return fmt.Sprintf("got %+v", rc)
 			}
 			return ""
 		}},
-		{conf: `{}`, want: []string{"provider: is required (or jwks_url)"}},
+		{conf: `{}`, want: []string{"provider: is required (or providers, or jwks_url)"}},
 		{conf: `{"provder":"kc"}`, want: []string{"provder: unknown field"}},
 		{conf: `{"provider":"nope"}`, want: []string{`provider: "nope" is not in the runner config's jwks.providers (known: kc)`}},
-		{conf: `{"provider":"kc","jwks_url":"https://a/"}`, want: []string{"provider: set either provider or jwks_url, not both"}},
+		{conf: `{"provider":"kc","jwks_url":"https://a/"}`, want: []string{"provider: set exactly one of provider, providers and jwks_url"}},
 		{conf: `{"jwks_url":"file:///etc/passwd"}`, want: []string{`jwks_url: must be an http or https URL, got scheme "file"`}},
 		{conf: `{"provider":"kc","algorithms":["HS256"]}`, want: []string{`algorithms[0]: "HS256" is symmetric`}},
 		{conf: `{"provider":"kc","algorithms":["none"]}`, want: []string{`algorithms[0]: "none" is never accepted`}},
@@ -85,10 +85,10 @@ func TestParseConf(t *testing.T) {
 		{conf: `{"provider":"kc","token_header":"a","token_query":"b"}`, want: []string{"token_header: set at most one of token_header, token_cookie and token_query"}},
 		{conf: `{"provider":"kc","token_header":"bad header"}`, want: []string{`token_header: must be an HTTP header name, got "bad header"`}},
 		{conf: `{"provider":"kc","claims_to_headers":{"sub":"Authorization"}}`, want: []string{`claims_to_headers.sub: "Authorization" is reserved`}},
-		{conf: `{"provider":"kc","claims_to_headers":{"sub":"x-edge-consumer"}}`, want: []string{`claims_to_headers.sub: "x-edge-consumer" is set by the plugin itself from sub`}},
+		{conf: `{"provider":"kc","claims_to_headers":{"sub":"x-edge-consumer"}}`, want: []string{`claims_to_headers.sub: "x-edge-consumer" is set by the plugin itself from consumer_claim`}},
 		{conf: `{"provider":"kc","claims_to_headers":{"a":"X-A","b":"x-a"}}`, want: []string{`claims_to_headers.b: header "x-a" is also the target of claim "a"`}},
 		{conf: `{"provider":"kc","claims_to_headers":{"a":"X\r\nY"}}`, want: []string{"claims_to_headers.a: must be an HTTP header name"}},
-		{conf: `{"provider":"kc","token_header":"X-T","claims_to_headers":{"a":"x-t"}}`, want: []string{`claims_to_headers.a: "x-t" is the token header`}},
+		{conf: `{"provider":"kc","token_header":"X-T","claims_to_headers":{"a":"x-t"}}`, want: []string{`claims_to_headers.a: "x-t" is a token header`}},
 		{conf: `{"provider":"kc","required_claims":["tenant","",  "tenant"]}`, want: []string{"required_claims[1]: must not be empty", `required_claims[2]: duplicate "tenant"`}},
 		{conf: `not json`, want: []string{"conf must be a JSON object"}},
 	}
@@ -168,7 +168,7 @@ func TestExtractToken(t *testing.T) {
 	}
 	for _, tt := range tests {
 		args := func() url.Values { return tt.args }
-		got, why := extractToken(tt.src, tt.hdr, args, 256)
+		got, why := extractFrom(tt.src, tt.hdr, args, 256)
 		if got != tt.want || why != tt.reason {
 			t.Errorf("%s: got (%q, %q), want (%q, %q)", tt.name, got, why, tt.want, tt.reason)
 		}
@@ -189,7 +189,7 @@ func FuzzParseConf(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rc, err := parseConf(&cfg, data)
 		if err == nil {
-			if rc.providerName == "" && rc.jwksURL == "" {
+			if len(rc.provs) == 0 {
 				t.Fatalf("accepted a conf without a provider: %s", data)
 			}
 			for a := range rc.algs {
@@ -208,7 +208,7 @@ func FuzzExtractToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, auth, cookie, query string, kind uint8) {
 		src := []tokenSource{{kind: fromBearer}, {kind: fromHeader, name: "Authorization"}, {kind: fromCookie, name: "at"}, {kind: fromQuery, name: "q"}}[kind%4]
 		hdr := http.Header{"Authorization": {auth}, "Cookie": {cookie}}
-		tok, why := extractToken(src, hdr, func() url.Values { return url.Values{"q": {query}} }, 512)
+		tok, why := extractFrom(src, hdr, func() url.Values { return url.Values{"q": {query}} }, 512)
 		if why == "" {
 			if len(tok) > 512 || !jwsShape(tok) || strings.Count(tok, ".") != 2 {
 				t.Fatalf("accepted %q", tok)

@@ -53,10 +53,31 @@ type ProviderConfig struct {
 	// metrics and the /status backend "jwks:<name>". Required; letters,
 	// digits, '.', '_' and '-'; "inline" is reserved.
 	Name string `yaml:"name"`
-	// URL is the JWKS URL, http or https. Required.
+	// URL is the JWKS URL, http or https. Exactly one of url, discovery
+	// and file is required.
 	URL string `yaml:"url"`
+	// Issuer is the iss of this provider's tokens, such as
+	// https://kc.example.com/realms/main. If empty, none: routes naming
+	// the provider check iss only if they set issuer themselves. If set, a
+	// route naming the provider checks iss against it (a route's own
+	// issuer must equal it). Required with discovery, and for a provider
+	// listed in a route's providers (the token's iss selects it).
+	Issuer string `yaml:"issuer"`
+	// Discovery, if true, reads the JWKS URL (jwks_uri) from
+	// issuer + "/.well-known/openid-configuration" at every refresh, with
+	// the same fetch bounds, outage rules and snapshot as url; the
+	// document's issuer must equal Issuer. If the document cannot be read,
+	// the last jwks_uri read is used. If false (the default), no discovery.
+	Discovery bool `yaml:"discovery"`
+	// File is the absolute path of a local JWKS document, for air-gapped
+	// setups. It is watched: its modification time and size are checked
+	// every refresh_interval, and it is read again when either changed. A
+	// missing or invalid file keeps the previous keys, as a failed fetch
+	// does, until max_stale. If empty, none. No snapshot_file with a file.
+	File string `yaml:"file"`
 	// RefreshInterval is how often the JWKS is fetched while fetches
-	// succeed (the cache TTL). If zero, 5m. Production often uses 15m-30m:
+	// succeed (the cache TTL), or the file checked. If zero, 5m (10s for a
+	// file). Production often uses 15m-30m:
 	// Keycloak publishes a new key well before it signs with it, and an
 	// unknown kid triggers a refresh anyway. At least 1s.
 	RefreshInterval core.Duration `yaml:"refresh_interval"`
@@ -85,7 +106,24 @@ const (
 	DefaultJWKSMaxStale        = time.Hour
 	DefaultJWKSFetchTimeout    = 5 * time.Second
 	DefaultJWKSMaxBodySize     = 1 << 20
+	DefaultFilePollInterval    = 10 * time.Second
 )
+
+// DiscoveryURL is where an OpenID provider publishes its configuration.
+func (p *ProviderConfig) DiscoveryURL() string {
+	return strings.TrimSuffix(p.Issuer, "/") + "/.well-known/openid-configuration"
+}
+
+// source is what the provider reads, for logs and snapshots.
+func (p *ProviderConfig) source() string {
+	switch {
+	case p.Discovery:
+		return p.DiscoveryURL()
+	case p.File != "":
+		return "file:" + p.File
+	}
+	return p.URL
+}
 
 // InlineJWKSProvider returns the settings of a provider defined by a route
 // conf's jwks_url: every default, no snapshot.
@@ -122,6 +160,9 @@ func (x *Config) ApplyDefaults() {
 func (p *ProviderConfig) applyDefaults() {
 	if p.RefreshInterval == 0 {
 		p.RefreshInterval = core.Duration(DefaultJWKSRefreshInterval)
+		if p.File != "" {
+			p.RefreshInterval = core.Duration(DefaultFilePollInterval)
+		}
 	}
 	if p.MaxStale == 0 {
 		p.MaxStale = core.Duration(max(DefaultJWKSMaxStale, 4*p.RefreshInterval.D()))
@@ -185,8 +226,41 @@ func (x *Config) Validate() []error {
 				names[p.Name] = i
 			}
 		}
-		if err := CheckJWKSURL(p.URL); err != nil {
-			errs = append(errs, core.Fieldf(at+".url", "%s", err.Error()))
+		kinds := 0
+		for _, set := range []bool{p.URL != "", p.Discovery, p.File != ""} {
+			if set {
+				kinds++
+			}
+		}
+		switch {
+		case kinds == 0:
+			errs = append(errs, core.Fieldf(at+".url", "is required (or discovery: true with issuer, or file)"))
+		case kinds > 1:
+			errs = append(errs, core.Fieldf(at+".url", "set exactly one of url, discovery and file"))
+		case p.URL != "":
+			if err := CheckJWKSURL(p.URL); err != nil {
+				errs = append(errs, core.Fieldf(at+".url", "%s", err.Error()))
+			}
+		case p.File != "":
+			switch {
+			case !filepath.IsAbs(p.File):
+				errs = append(errs, core.Fieldf(at+".file", "must be an absolute path, got %q", p.File))
+			case strings.HasSuffix(p.File, "/"):
+				errs = append(errs, core.Fieldf(at+".file", "must name a file, not a directory, got %q", p.File))
+			}
+			if p.SnapshotFile != "" {
+				errs = append(errs, core.Fieldf(at+".snapshot_file", "must be empty with file: the file is its own snapshot"))
+			}
+		}
+		switch {
+		case p.Discovery && p.Issuer == "":
+			errs = append(errs, core.Fieldf(at+".issuer", "is required with discovery: true"))
+		case p.Discovery:
+			if err := checkIssuerURL(p.Issuer); err != nil {
+				errs = append(errs, core.Fieldf(at+".issuer", "%s", err.Error()))
+			}
+		case len(p.Issuer) > 1024:
+			errs = append(errs, core.Fieldf(at+".issuer", "must be at most 1024 bytes, got %d", len(p.Issuer)))
 		}
 		if p.RefreshInterval.D() < time.Second || p.RefreshInterval.D() > 24*time.Hour {
 			errs = append(errs, core.Fieldf(at+".refresh_interval", "must be between 1s and 24h, got %s", p.RefreshInterval))
@@ -217,6 +291,18 @@ func (x *Config) Validate() []error {
 		}
 	}
 	return errs
+}
+
+// checkIssuerURL: discovery appends the well-known path to the issuer,
+// which must be an http or https URL without query or fragment.
+func checkIssuerURL(raw string) error {
+	if err := CheckJWKSURL(raw); err != nil {
+		return err
+	}
+	if u, _ := url.Parse(raw); u.RawQuery != "" || u.ForceQuery {
+		return fmt.Errorf("must not have a query with discovery")
+	}
+	return nil
 }
 
 // CheckJWKSURL reports whether raw is usable as a JWKS URL: absolute http or

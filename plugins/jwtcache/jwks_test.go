@@ -171,33 +171,33 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeSnapshot(path, url, ks); err != nil {
+	if err := writeSnapshot(path, url, "", ks); err != nil {
 		t.Fatal(err)
 	}
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Fatalf("got %d files in the snapshot dir, want 1 (no temp file left)", len(entries))
 	}
-	got, err := readSnapshot(path, url, 1<<20, at.Add(time.Hour))
+	got, _, err := readSnapshot(path, url, 1<<20, at.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !got.fetchedAt.Equal(at) || got.fp != ks.fp {
 		t.Fatalf("got fetched_at %s fp %x, want %s %x", got.fetchedAt, got.fp[:4], at, ks.fp[:4])
 	}
-	if _, err := readSnapshot(path, "https://other/certs", 1<<20, at); err == nil || !strings.Contains(err.Error(), "another url") {
+	if _, _, err := readSnapshot(path, "https://other/certs", 1<<20, at); err == nil || !strings.Contains(err.Error(), "another url") {
 		t.Fatalf("other url: got %v, want it ignored", err)
 	}
-	if _, err := readSnapshot(path, url, 1<<20, at.Add(-time.Hour)); err == nil || !strings.Contains(err.Error(), "not in the past") {
+	if _, _, err := readSnapshot(path, url, 1<<20, at.Add(-time.Hour)); err == nil || !strings.Contains(err.Error(), "not in the past") {
 		t.Fatalf("snapshot from the future: got %v, want it ignored", err)
 	}
 	if err := os.WriteFile(path, []byte(`{"version":1,"url":"`+url+`","fetched_at":"2027-01-01T00:00:00Z","jwks":{"keys":[]}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readSnapshot(path, url, 1<<20, at); err == nil || !strings.Contains(err.Error(), "no usable signing key") {
+	if _, _, err := readSnapshot(path, url, 1<<20, at); err == nil || !strings.Contains(err.Error(), "no usable signing key") {
 		t.Fatalf("snapshot without keys: got %v, want an error", err)
 	}
-	if err := writeSnapshot(filepath.Join(dir, "missing", "x.json"), url, ks); err == nil {
+	if err := writeSnapshot(filepath.Join(dir, "missing", "x.json"), url, "", ks); err == nil {
 		t.Fatal("snapshot into a missing directory: got no error")
 	}
 }
@@ -212,7 +212,7 @@ func TestProviderLoadsSnapshotBeforeFetching(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeSnapshot(path, url, ks); err != nil {
+	if err := writeSnapshot(path, url, "", ks); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{Providers: []ProviderConfig{{Name: "kc", URL: url, SnapshotFile: path, FetchTimeout: core.Duration(time.Second)}}}

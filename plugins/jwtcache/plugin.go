@@ -91,7 +91,7 @@ func newModule(cfg Config, deps core.Deps, now func() time.Time) (*JWTCache, err
 	}
 	for _, r := range allReasons {
 		outcome := "rejected"
-		if r == reasonOK {
+		if r == reasonOK || r == reasonAnonymous || r == reasonPreflight {
 			outcome = "accepted"
 		}
 		m.byReason[r] = m.verifications.WithLabelValues(outcome, string(r))
@@ -184,28 +184,31 @@ func (m *JWTCache) Shutdown(ctx context.Context) error {
 	}
 }
 
-// ParseConf validates a route conf and binds it to its provider. A jwks_url
-// provider is created (and its first fetch started) here, on the route's
-// first request, within max_inline_providers.
+// ParseConf validates a route conf and binds it to its providers. A
+// jwks_url provider is created (and its first fetch started) here, on the
+// route's first request, within max_inline_providers.
 func (m *JWTCache) ParseConf(in []byte) (any, error) {
 	rc, err := parseConf(&m.cfg, in)
 	if err != nil {
 		return nil, err
 	}
-	if rc.providerName != "" {
-		rc.prov = m.providers[rc.providerName]
-	} else if rc.prov, err = m.inlineProvider(rc.jwksURL); err != nil {
-		return nil, err
+	for i := range rc.provs {
+		rp := &rc.provs[i]
+		if rp.name != "" {
+			rp.prov = m.providers[rp.name]
+		} else if rp.prov, err = m.inlineProvider(rc.jwksURL); err != nil {
+			return nil, err
+		}
+		opts := []jwt.ParserOption{jwt.WithLeeway(rc.leeway), jwt.WithIssuedAt(), jwt.WithExpirationRequired(), jwt.WithTimeFunc(m.now)}
+		if rp.issuer != "" {
+			opts = append(opts, jwt.WithIssuer(rp.issuer))
+		}
+		if len(rc.audience) > 0 {
+			opts = append(opts, jwt.WithAudience(rc.audience...))
+		}
+		rp.validator = jwt.NewValidator(opts...)
 	}
 	rc.parser = jwt.NewParser(jwt.WithValidMethods(rc.algList), jwt.WithJSONNumber(), jwt.WithoutClaimsValidation())
-	opts := []jwt.ParserOption{jwt.WithLeeway(rc.leeway), jwt.WithIssuedAt(), jwt.WithExpirationRequired(), jwt.WithTimeFunc(m.now)}
-	if rc.issuer != "" {
-		opts = append(opts, jwt.WithIssuer(rc.issuer))
-	}
-	if len(rc.audience) > 0 {
-		opts = append(opts, jwt.WithAudience(rc.audience...))
-	}
-	rc.validator = jwt.NewValidator(opts...)
 	return rc, nil
 }
 
@@ -235,43 +238,72 @@ func (m *JWTCache) inlineProvider(rawURL string) (*provider, error) {
 }
 
 // RequestFilter verifies the token; on success it replaces the claim
-// headers and the consumer header with verified values.
+// headers and the consumer header with verified values, and records the
+// consumer for later plugins of the call (core.SetVerifiedConsumer).
 func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Request) {
 	rc := conf.(*routeConf)
 	hdr := r.Header()
-	tok, why := extractToken(rc.source, hdr.View(), r.Args, m.cfg.MaxTokenSize)
+	view := hdr.View()
+	if rc.preflight && r.Method() == http.MethodOptions && view.Get("Origin") != "" && view.Get("Access-Control-Request-Method") != "" {
+		m.passUnauthenticated(rc, hdr, reasonPreflight)
+		return
+	}
+	tok, src, why := extractToken(rc.sources, view, r.Args, m.cfg.MaxTokenSize)
+	if why == reasonMissingToken && rc.anonymous {
+		m.passUnauthenticated(rc, hdr, reasonAnonymous)
+		return
+	}
 	if why != "" {
-		m.fail(w, reject(why))
+		m.fail(w, rc, reject(why))
 		return
 	}
 	v := m.verify(rc, tok)
 	if v.status != 0 {
-		m.fail(w, v)
+		m.fail(w, rc, v)
 		return
+	}
+	if rc.hide {
+		hideToken(src, hdr, r.Args)
 	}
 	// Hygiene first: whatever the client sent under these names is gone,
 	// even when the claim is absent.
-	for _, ch := range rc.headers {
-		hdr.Del(ch.header)
+	for _, h := range rc.strip {
+		hdr.Del(h)
 	}
-	hdr.Del(core.ConsumerHeader)
 	for _, ch := range rc.headers {
-		if s, ok := claimHeaderValue(v.claims[ch.claim]); ok {
-			hdr.Set(ch.header, s)
+		if c, ok := ch.claim.get(v.claims); ok {
+			if s, ok := claimHeaderValue(c); ok {
+				hdr.Set(ch.header, s)
+			}
 		}
 	}
-	if sub, ok := v.claims["sub"].(string); ok {
-		if s, ok := claimHeaderValue(sub); ok {
-			hdr.Set(core.ConsumerHeader, s)
+	if rc.payloadHdr != "" {
+		hdr.Set(rc.payloadHdr, payloadSegment(tok))
+	}
+	if c, ok := rc.consumer.get(v.claims); ok {
+		if id, ok := consumerValue(c); ok {
+			hdr.Set(core.ConsumerHeader, id)
+			core.SetVerifiedConsumer(r, id)
 		}
 	}
 	m.byReason[reasonOK].Inc()
 	m.accepted.Add(1)
 }
 
+// passUnauthenticated lets a request through without a consumer (anonymous
+// or a CORS preflight): the headers the plugin owns are removed, nothing
+// is set.
+func (m *JWTCache) passUnauthenticated(rc *routeConf, hdr pkgHTTP.Header, why reason) {
+	for _, h := range rc.strip {
+		hdr.Del(h)
+	}
+	m.byReason[why].Inc()
+	m.accepted.Add(1)
+}
+
 // fail answers a rejected request. The body names the error class of RFC
 // 6750 only: never the token, a claim or an internal error.
-func (m *JWTCache) fail(w http.ResponseWriter, v verdict) {
+func (m *JWTCache) fail(w http.ResponseWriter, rc *routeConf, v verdict) {
 	m.byReason[v.reason].Inc()
 	m.rejected.Add(1)
 	h := w.Header()
@@ -281,16 +313,19 @@ func (m *JWTCache) fail(w http.ResponseWriter, v verdict) {
 	switch {
 	case v.reason == reasonMissingToken:
 		// RFC 6750 3.1: no error code when the request had no credentials.
-		h.Set("WWW-Authenticate", `Bearer`)
+		h.Set("WWW-Authenticate", rc.authMissing)
 		body = `{"error":"missing_token"}`
+	case v.reason == reasonInsufficientScope:
+		h.Set("WWW-Authenticate", rc.authScope)
+		body = `{"error":"insufficient_scope"}`
 	case v.status == http.StatusForbidden:
-		h.Set("WWW-Authenticate", `Bearer error="insufficient_scope"`)
+		h.Set("WWW-Authenticate", rc.authForbidden)
 		body = `{"error":"insufficient_claims"}`
 	case v.status == http.StatusServiceUnavailable:
 		h.Set("Retry-After", "5")
 		body = `{"error":"authentication temporarily unavailable"}`
 	default:
-		h.Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		h.Set("WWW-Authenticate", rc.authInvalid)
 		body = `{"error":"invalid_token"}`
 	}
 	w.WriteHeader(v.status)

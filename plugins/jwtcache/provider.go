@@ -8,7 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-		"os"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -60,6 +60,17 @@ type provider struct {
 	limiter   *rate.Limiter
 	kick      chan struct{}
 	runOnce   sync.Once
+
+	// Discovery: the jwks_uri last read from the discovery document (or
+	// the snapshot). File: what the last read saw.
+	jwksURI  atomic.Pointer[string]
+	fileStat fileStamp
+}
+
+// fileStamp is what a file provider compares to see a change.
+type fileStamp struct {
+	mod  time.Time
+	size int64
 }
 
 func newProvider(id uint64, label, backend string, cfg ProviderConfig, m *JWTCache) *provider {
@@ -92,7 +103,14 @@ func newProvider(id uint64, label, backend string, cfg ProviderConfig, m *JWTCac
 			return nil
 		},
 	}
-	p.status.SetDetail("url", redactURL(cfg.URL))
+	switch {
+	case cfg.File != "":
+		p.status.SetDetail("file", cfg.File)
+	case cfg.Discovery:
+		p.status.SetDetail("discovery_url", redactURL(cfg.DiscoveryURL()))
+	default:
+		p.status.SetDetail("url", redactURL(cfg.URL))
+	}
 	return p
 }
 
@@ -235,12 +253,7 @@ func (p *provider) refresh(ctx context.Context) bool {
 	attempt := p.started
 	p.mu.Unlock()
 
-	start := p.now()
-	body, err := p.fetch(ctx)
-	var ks *keySet
-	if err == nil {
-		ks, err = parseJWKS(body, start)
-	}
+	ks, err := p.load(ctx)
 	if ctx.Err() != nil && err != nil {
 		p.finish(attempt, nil, nil) // shutting down: not an IdP failure
 		return false
@@ -249,8 +262,119 @@ func (p *provider) refresh(ctx context.Context) bool {
 	return err == nil
 }
 
+// load reads the keys from the provider's source: its URL, the jwks_uri
+// of its discovery document, or its file.
+func (p *provider) load(ctx context.Context) (*keySet, error) {
+	start := p.now()
+	switch {
+	case p.cfg.File != "":
+		return p.loadFile(start)
+	case p.cfg.Discovery:
+		uri, err := p.discover(ctx)
+		if err != nil {
+			last := p.jwksURI.Load()
+			if last == nil {
+				return nil, err
+			}
+			p.log.Warn("jwks-discovery:"+p.backend, "openid discovery failed: using the jwks_uri read before", redactErr(err, p.knownURLs()...),
+				zap.String("backend", p.backend))
+			uri = *last
+		}
+		body, err := p.fetch(ctx, uri, "jwks")
+		if err != nil {
+			return nil, err
+		}
+		return parseJWKS(body, start)
+	}
+	body, err := p.fetch(ctx, p.cfg.URL, "jwks")
+	if err != nil {
+		return nil, err
+	}
+	return parseJWKS(body, start)
+}
+
+// discover reads jwks_uri from the OpenID configuration (OpenID Connect
+// Discovery 1.0 section 4), within the same bounds as a JWKS fetch. The
+// document's issuer must be the configured one (section 4.3).
+func (p *provider) discover(ctx context.Context) (string, error) {
+	body, err := p.fetch(ctx, p.cfg.DiscoveryURL(), "openid configuration")
+	if err != nil {
+		return "", err
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", fmt.Errorf("openid discovery: not a JSON object with issuer and jwks_uri: %w", err)
+	}
+	if doc.Issuer != p.cfg.Issuer {
+		return "", fmt.Errorf("openid discovery: document issuer %q is not the configured issuer", redactText(doc.Issuer))
+	}
+	if err := CheckJWKSURL(doc.JWKSURI); err != nil {
+		return "", fmt.Errorf("openid discovery: jwks_uri %w", err)
+	}
+	if last := p.jwksURI.Load(); last == nil || *last != doc.JWKSURI {
+		p.jwksURI.Store(&doc.JWKSURI)
+		p.status.SetDetail("jwks_uri", redactURL(doc.JWKSURI))
+	}
+	return doc.JWKSURI, nil
+}
+
+// loadFile reads the file provider's JWKS when its modification time or
+// size changed since the last good read; unchanged, the current keys are
+// confirmed as of now (a file does not go stale while it is there).
+func (p *provider) loadFile(now time.Time) (*keySet, error) {
+	fi, err := os.Stat(p.cfg.File)
+	if err != nil {
+		return nil, fmt.Errorf("read jwks file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read jwks file: %s is not a regular file", p.cfg.File)
+	}
+	stamp := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if cur := p.set.Load(); cur != nil && stamp == p.fileStat {
+		confirmed := *cur
+		confirmed.fetchedAt = now
+		return &confirmed, nil
+	}
+	if fi.Size() > int64(p.cfg.MaxBodySize) {
+		return nil, fmt.Errorf("read jwks file: %w: %d bytes, more than %d (max_body_size)", errTooLarge, fi.Size(), p.cfg.MaxBodySize)
+	}
+	f, err := os.Open(p.cfg.File)
+	if err != nil {
+		return nil, fmt.Errorf("read jwks file: %w", err)
+	}
+	defer f.Close()
+	body, err := io.ReadAll(io.LimitReader(f, int64(p.cfg.MaxBodySize)+1))
+	if err != nil {
+		return nil, fmt.Errorf("read jwks file: %w", err)
+	}
+	if len(body) > p.cfg.MaxBodySize {
+		return nil, fmt.Errorf("read jwks file: %w: more than %d bytes (max_body_size)", errTooLarge, p.cfg.MaxBodySize)
+	}
+	ks, err := parseJWKS(body, now)
+	if err != nil {
+		return nil, err
+	}
+	p.fileStat = stamp // only the refresh loop (or a test) reads and writes it
+	return ks, nil
+}
+
+// knownURLs are the URLs this provider reads: redacted wherever shown.
+func (p *provider) knownURLs() []string {
+	urls := []string{p.cfg.URL}
+	if p.cfg.Discovery {
+		urls = append(urls, p.cfg.DiscoveryURL())
+	}
+	if u := p.jwksURI.Load(); u != nil {
+		urls = append(urls, *u)
+	}
+	return urls
+}
+
 func (p *provider) finish(attempt uint64, ks *keySet, err error) {
-	err = redactErr(err, p.cfg.URL)
+	err = redactErr(err, p.knownURLs()...)
 	now := p.now()
 	var old *keySet
 	if ks != nil {
@@ -287,7 +411,11 @@ func (p *provider) finish(attempt uint64, ks *keySet, err error) {
 		// Written after every success, so that fetched_at (the key age
 		// after a restart) stays current.
 		if p.cfg.SnapshotFile != "" {
-			if werr := redactErr(writeSnapshot(p.cfg.SnapshotFile, p.cfg.URL, ks), p.cfg.URL); werr != nil {
+			uri := ""
+			if u := p.jwksURI.Load(); u != nil {
+				uri = *u
+			}
+			if werr := redactErr(writeSnapshot(p.cfg.SnapshotFile, p.cfg.source(), uri, ks), p.knownURLs()...); werr != nil {
 				p.log.Warn("jwks-snapshot:"+p.backend, "jwks snapshot not written: the next restart during an IdP outage may fail closed", werr,
 					zap.String("backend", p.backend))
 			}
@@ -326,32 +454,33 @@ func (p *provider) details(ks *keySet, now time.Time) {
 
 var errTooLarge = errors.New("body too large")
 
-// fetch GETs the JWKS within the fetch timeout and the body size bound.
-func (p *provider) fetch(ctx context.Context) ([]byte, error) {
+// fetch GETs a JWKS or a discovery document (what names it in errors)
+// within the fetch timeout and the body size bound.
+func (p *provider) fetch(ctx context.Context, rawURL, what string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.FetchTimeout.D())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.cfg.URL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: %w", redactErr(err, p.cfg.URL))
+		return nil, fmt.Errorf("fetch %s: %w", what, redactErr(err, rawURL))
 	}
 	req.Header.Set("Accept", "application/jwk-set+json, application/json")
 	req.Header.Set("User-Agent", "apisix-edge-runner/jwtcache")
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: %w", redactErr(err, p.cfg.URL))
+		return nil, fmt.Errorf("fetch %s: %w", what, redactErr(err, rawURL))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		return nil, fmt.Errorf("fetch jwks: status %d", resp.StatusCode)
+		return nil, fmt.Errorf("fetch %s: status %d", what, resp.StatusCode)
 	}
 	limit := int64(p.cfg.MaxBodySize)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("fetch jwks: read body: %w", err)
+		return nil, fmt.Errorf("fetch %s: read body: %w", what, redactErr(err, rawURL))
 	}
 	if int64(len(body)) > limit {
-		return nil, fmt.Errorf("fetch jwks: %w: more than %d bytes (max_body_size)", errTooLarge, limit)
+		return nil, fmt.Errorf("fetch %s: %w: more than %d bytes (max_body_size)", what, errTooLarge, limit)
 	}
 	return body, nil
 }
@@ -362,12 +491,15 @@ type snapshot struct {
 	URL       string          `json:"url"`
 	FetchedAt time.Time       `json:"fetched_at"`
 	JWKS      json.RawMessage `json:"jwks"`
+	// JWKSURI is the jwks_uri a discovery provider read (URL is then the
+	// discovery URL).
+	JWKSURI string `json:"jwks_uri,omitempty"`
 }
 
 // writeSnapshot replaces path atomically: a crash leaves the old file or
 // the new one, never a torn one.
-func writeSnapshot(path, rawURL string, ks *keySet) error {
-	data, err := json.Marshal(snapshot{Version: 1, URL: rawURL, FetchedAt: ks.fetchedAt.UTC(), JWKS: ks.raw})
+func writeSnapshot(path, rawURL, jwksURI string, ks *keySet) error {
+	data, err := json.Marshal(snapshot{Version: 1, URL: rawURL, FetchedAt: ks.fetchedAt.UTC(), JWKS: ks.raw, JWKSURI: jwksURI})
 	if err != nil {
 		return fmt.Errorf("write jwks snapshot: %w", err)
 	}
@@ -403,34 +535,34 @@ func writeSnapshot(path, rawURL string, ks *keySet) error {
 
 // readSnapshot loads a snapshot written for rawURL. A snapshot of another
 // URL (the config changed) or from the future is ignored.
-func readSnapshot(path, rawURL string, maxBody int, now time.Time) (*keySet, error) {
+func readSnapshot(path, rawURL string, maxBody int, now time.Time) (*keySet, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("read jwks snapshot: %w", err)
+		return nil, "", fmt.Errorf("read jwks snapshot: %w", err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, int64(2*maxBody+4096)))
 	if err != nil {
-		return nil, fmt.Errorf("read jwks snapshot: %w", err)
+		return nil, "", fmt.Errorf("read jwks snapshot: %w", err)
 	}
 	var s snapshot
 	if err := json.Unmarshal(data, &s); err != nil {
-		return nil, fmt.Errorf("read jwks snapshot: not a snapshot file: %w", err)
+		return nil, "", fmt.Errorf("read jwks snapshot: not a snapshot file: %w", err)
 	}
 	if s.Version != 1 {
-		return nil, fmt.Errorf("read jwks snapshot: unknown version %d", s.Version)
+		return nil, "", fmt.Errorf("read jwks snapshot: unknown version %d", s.Version)
 	}
 	if s.URL != rawURL {
-		return nil, fmt.Errorf("read jwks snapshot: written for another url")
+		return nil, "", fmt.Errorf("read jwks snapshot: written for another url")
 	}
 	if s.FetchedAt.IsZero() || s.FetchedAt.After(now.Add(time.Minute)) {
-		return nil, fmt.Errorf("read jwks snapshot: fetched_at %s is not in the past", s.FetchedAt.Format(time.RFC3339))
+		return nil, "", fmt.Errorf("read jwks snapshot: fetched_at %s is not in the past", s.FetchedAt.Format(time.RFC3339))
 	}
 	ks, err := parseJWKS(s.JWKS, s.FetchedAt)
 	if err != nil {
-		return nil, fmt.Errorf("read jwks snapshot: %w", err)
+		return nil, "", fmt.Errorf("read jwks snapshot: %w", err)
 	}
-	return ks, nil
+	return ks, s.JWKSURI, nil
 }
 
 // loadSnapshot installs the snapshot's keys, if any, before the first fetch.
@@ -439,15 +571,18 @@ func (p *provider) loadSnapshot() {
 		return
 	}
 	now := p.now()
-	ks, err := readSnapshot(p.cfg.SnapshotFile, p.cfg.URL, p.cfg.MaxBodySize, now)
+	ks, uri, err := readSnapshot(p.cfg.SnapshotFile, p.cfg.source(), p.cfg.MaxBodySize, now)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
-			p.log.Warn("jwks-snapshot:"+p.backend, "jwks snapshot not loaded", redactErr(err, p.cfg.URL), zap.String("backend", p.backend))
+			p.log.Warn("jwks-snapshot:"+p.backend, "jwks snapshot not loaded", redactErr(err, p.knownURLs()...), zap.String("backend", p.backend))
 		}
 		return
 	}
 	if !p.set.CompareAndSwap(nil, ks) {
 		return
+	}
+	if p.cfg.Discovery && uri != "" && CheckJWKSURL(uri) == nil {
+		p.jwksURI.CompareAndSwap(nil, &uri)
 	}
 	p.status.SetDetail("snapshot_loaded", ks.fetchedAt.UTC().Format(time.RFC3339))
 	p.details(ks, now)

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 )
 
 // reason is the fixed label set of apisix_edge_jwt_verifications_total.
@@ -25,16 +27,36 @@ const (
 	reasonMissingClaim    reason = "missing_claim"
 	reasonKeysUnavailable reason = "keys_unavailable"
 	reasonUnsupportedCrit reason = "unsupported_crit"
+	// Added with issue 15.
+	reasonInsufficientScope reason = "insufficient_scope"
+	reasonBadClaimValue     reason = "bad_claim_value"
+	reasonLifetime          reason = "lifetime_too_long"
+	reasonAnonymous         reason = "anonymous"
+	reasonPreflight         reason = "cors_preflight"
 )
 
 var allReasons = []reason{reasonOK, reasonMissingToken, reasonMalformed, reasonTooLarge, reasonBadAlg, reasonUnknownKID,
 	reasonBadSignature, reasonExpired, reasonNotYetValid, reasonIssuedInFuture, reasonBadIssuer, reasonBadAudience,
-	reasonMissingClaim, reasonKeysUnavailable, reasonUnsupportedCrit}
+	reasonMissingClaim, reasonKeysUnavailable, reasonUnsupportedCrit, reasonInsufficientScope, reasonBadClaimValue,
+	reasonLifetime, reasonAnonymous, reasonPreflight}
 
-// extractToken finds the token where the route says, and checks its size
-// and shape (three base64url segments) before anything decodes it. The
-// empty reason means a token was found.
-func extractToken(src tokenSource, hdr http.Header, args func() url.Values, maxSize int) (string, reason) {
+// extractToken looks for the token in the route's sources, in order: the
+// first one present wins, even if it is invalid. It returns the token and
+// the source it came from; the empty reason means a token was found.
+func extractToken(srcs []tokenSource, hdr http.Header, args func() url.Values, maxSize int) (string, tokenSource, reason) {
+	for _, src := range srcs {
+		tok, why := extractFrom(src, hdr, args, maxSize)
+		if why != reasonMissingToken {
+			return tok, src, why
+		}
+	}
+	return "", tokenSource{}, reasonMissingToken
+}
+
+// extractFrom finds the token in one source, and checks its size and
+// shape (three base64url segments) before anything decodes it. The empty
+// reason means a token was found.
+func extractFrom(src tokenSource, hdr http.Header, args func() url.Values, maxSize int) (string, reason) {
 	var raw string
 	switch src.kind {
 	case fromBearer:
@@ -125,4 +147,52 @@ func cookieValue(lines []string, name string) string {
 		}
 	}
 	return ""
+}
+
+// hideToken removes the token from where it was found (hide_credentials):
+// the header, the one cookie (the others stay), or the query argument.
+func hideToken(src tokenSource, hdr pkgHTTP.Header, args func() url.Values) {
+	switch src.kind {
+	case fromBearer:
+		hdr.Del("Authorization")
+	case fromHeader:
+		hdr.Del(src.name)
+	case fromCookie:
+		if rest := withoutCookie(hdr.View()["Cookie"], src.name); rest == "" {
+			hdr.Del("Cookie")
+		} else {
+			hdr.Set("Cookie", rest)
+		}
+	case fromQuery:
+		args().Del(src.name)
+	}
+}
+
+// withoutCookie returns the Cookie header lines as one line without the
+// cookies named name.
+func withoutCookie(lines []string, name string) string {
+	var b strings.Builder
+	for _, line := range lines {
+		for part := range strings.SplitSeq(line, ";") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			if k, _, _ := strings.Cut(part, "="); k == name {
+				continue
+			}
+			if b.Len() > 0 {
+				b.WriteString("; ")
+			}
+			b.WriteString(part)
+		}
+	}
+	return b.String()
+}
+
+// payloadSegment is the token's payload, base64url as signed.
+func payloadSegment(tok string) string {
+	i := strings.IndexByte(tok, '.')
+	j := strings.LastIndexByte(tok, '.')
+	return tok[i+1 : j]
 }

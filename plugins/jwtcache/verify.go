@@ -2,11 +2,13 @@ package jwtcache
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -33,11 +35,6 @@ type cacheKey struct {
 	hash [32]byte
 }
 
-func tokenKey(provID uint64, token string) cacheKey {
-	// The string's bytes are only read: no copy needed.
-	return cacheKey{prov: provID, hash: sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))}
-}
-
 // verifiedClaims are a token's claims with the registered ones parsed once,
 // so that the validator, which runs on every cache hit, does not parse
 // numbers again. It implements jwt.Claims.
@@ -50,6 +47,7 @@ type verifiedClaims struct {
 	issErr, subErr error
 	aud            jwt.ClaimStrings
 	audErr         error
+	scopes         []string // from scope and scp, parsed once
 }
 
 func newVerifiedClaims(m jwt.MapClaims) *verifiedClaims {
@@ -60,6 +58,19 @@ func newVerifiedClaims(m jwt.MapClaims) *verifiedClaims {
 	c.iss, c.issErr = m.GetIssuer()
 	c.sub, c.subErr = m.GetSubject()
 	c.aud, c.audErr = m.GetAudience()
+	if s, ok := m["scope"].(string); ok {
+		c.scopes = strings.Fields(s)
+	}
+	switch scp := m["scp"].(type) {
+	case string:
+		c.scopes = append(c.scopes, strings.Fields(scp)...)
+	case []any:
+		for _, e := range scp {
+			if s, ok := e.(string); ok {
+				c.scopes = append(c.scopes, s)
+			}
+		}
+	}
 	return c
 }
 
@@ -142,9 +153,41 @@ func reject(r reason) verdict {
 // verify checks token for the route: from the cache when this token's
 // signature was verified before with a key still in the JWKS, else by a
 // full parse. Claims are validated on both paths by the same validator.
+// With several providers, a cached token is found under the provider that
+// verified it; otherwise its (unverified) iss selects the provider, whose
+// validator then requires that very iss.
 func (m *JWTCache) verify(rc *routeConf, token string) verdict {
-	p := rc.prov
 	now := m.now()
+	hash := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token))) // read only: no copy
+	if len(rc.provs) == 1 {
+		return m.verifyWith(rc, &rc.provs[0], token, hash, now)
+	}
+	for i := range rc.provs {
+		rp := &rc.provs[i]
+		ks := rp.prov.current(now)
+		if ks == nil {
+			continue
+		}
+		if e, ok := m.cache.Get(cacheKey{prov: rp.prov.id, hash: hash}); ok && m.entryValid(e, ks, now) {
+			m.hits.Inc()
+			return m.checkClaims(rc, rp, e.alg, e.claims)
+		}
+	}
+	iss, ok := unverifiedIssuer(token)
+	if !ok {
+		return reject(reasonMalformed)
+	}
+	for i := range rc.provs {
+		if rc.provs[i].issuer == iss {
+			return m.verifyWith(rc, &rc.provs[i], token, hash, now)
+		}
+	}
+	return reject(reasonBadIssuer)
+}
+
+// verifyWith verifies token with one provider.
+func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, token string, hash [32]byte, now time.Time) verdict {
+	p := rp.prov
 	ks := p.current(now)
 	if ks == nil && p.set.Load() == nil {
 		p.waitFirst(m.cfg.FirstFetchWait.D())
@@ -154,11 +197,11 @@ func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 	if ks == nil {
 		return reject(reasonKeysUnavailable)
 	}
-	key := tokenKey(p.id, token)
+	key := cacheKey{prov: p.id, hash: hash}
 	if e, ok := m.cache.Get(key); ok {
 		if m.entryValid(e, ks, now) {
 			m.hits.Inc()
-			return m.checkClaims(rc, e.alg, e.claims)
+			return m.checkClaims(rc, rp, e.alg, e.claims)
 		}
 		m.cache.Remove(key)
 	}
@@ -182,7 +225,25 @@ func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 	if vc.expErr == nil && vc.exp != nil && vc.exp.After(now) {
 		m.cache.Add(key, &cacheEntry{provID: p.id, kid: used.kid, keyFP: used.fp, alg: alg, exp: vc.exp.Time, claims: vc})
 	}
-	return m.checkClaims(rc, alg, vc)
+	return m.checkClaims(rc, rp, alg, vc)
+}
+
+// unverifiedIssuer reads iss from the payload before verification, only to
+// select a provider: that provider's validator checks it again once the
+// signature verified. Duplicate keys resolve as in the verifier (the last
+// wins), so selection and check see the same iss.
+func unverifiedIssuer(token string) (string, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(payloadSegment(token))
+	if err != nil {
+		return "", false
+	}
+	var p struct {
+		Iss string `json:"iss"`
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return "", false
+	}
+	return p.Iss, true
 }
 
 // entryValid: a cached signature counts only before the token's exp and
@@ -198,20 +259,70 @@ func (m *JWTCache) entryValid(e *cacheEntry, ks *keySet, now time.Time) bool {
 	return ki != nil && ki.fp == e.keyFP
 }
 
-// checkClaims runs the route's claim rules on verified claims.
-func (m *JWTCache) checkClaims(rc *routeConf, alg string, claims *verifiedClaims) verdict {
+// checkClaims runs the route's claim rules on verified claims. Each rule
+// costs nothing when the route does not use it.
+func (m *JWTCache) checkClaims(rc *routeConf, rp *routeProv, alg string, claims *verifiedClaims) verdict {
 	if !rc.algs[alg] {
 		return reject(reasonBadAlg) // verified for a route that allows more algorithms
 	}
-	if err := rc.validator.Validate(claims); err != nil {
+	if err := rp.validator.Validate(claims); err != nil {
 		return reject(claimsReason(err))
 	}
-	for _, name := range rc.required {
-		if v, ok := claims.all[name]; !ok || v == nil {
+	if rc.maxLifetime > 0 {
+		if claims.iat == nil || claims.exp == nil {
+			return reject(reasonMissingClaim)
+		}
+		if claims.exp.Sub(claims.iat.Time) > rc.maxLifetime {
+			return reject(reasonLifetime)
+		}
+	}
+	for _, c := range rc.required {
+		if v, ok := c.get(claims.all); !ok || v == nil {
 			return verdict{reason: reasonMissingClaim, status: http.StatusForbidden}
 		}
 	}
+	for _, s := range rc.scopes {
+		if !slices.Contains(claims.scopes, s) {
+			return verdict{reason: reasonInsufficientScope, status: http.StatusForbidden}
+		}
+	}
+	for _, cv := range rc.values {
+		v, _ := cv.claim.get(claims.all)
+		if !claimMatches(v, cv.values) {
+			return verdict{reason: reasonBadClaimValue, status: http.StatusForbidden}
+		}
+	}
 	return verdict{reason: reasonOK, claims: claims.all}
+}
+
+// claimMatches: a string, number or boolean equal to one of values (as
+// JSON text), or a list with such an element. It does not allocate.
+func claimMatches(v any, values []string) bool {
+	switch x := v.(type) {
+	case string:
+		return slices.Contains(values, x)
+	case json.Number:
+		return slices.Contains(values, string(x))
+	case bool:
+		return slices.Contains(values, strconv.FormatBool(x))
+	case []any:
+		for _, e := range x {
+			if _, nested := e.([]any); !nested && claimMatches(e, values) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// consumerValue renders the consumer claim: a non-empty string or a
+// number, within the limits of claimHeaderValue.
+func consumerValue(v any) (string, bool) {
+	switch v.(type) {
+	case string, json.Number:
+		return claimHeaderValue(v)
+	}
+	return "", false
 }
 
 // keyFor is the jwt.Keyfunc: it finds the key by kid (refreshing once, for

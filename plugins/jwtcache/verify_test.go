@@ -291,9 +291,9 @@ func TestVerificationMetrics(t *testing.T) {
 	clk := newClock()
 	m := matrixModule(t, clk)
 	rc := bind(t, m, `{"provider":"kc"}`)
-	m.fail(discard{}, reject(reasonMissingToken))
+	m.fail(discard{}, rc, reject(reasonMissingToken))
 	v := m.verify(rc, sign(t, rsKey(t, "rs"), clk.Now(), map[string]any{"exp": clk.Now().Add(-time.Hour).Unix()}))
-	m.fail(discard{}, v)
+	m.fail(discard{}, rc, v)
 	if got := testutil.ToFloat64(m.byReason[reasonExpired]); got != 1 {
 		t.Fatalf("expired counter: got %v, want 1", got)
 	}
