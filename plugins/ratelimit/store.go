@@ -64,7 +64,7 @@ for i = 1, n do
   if alg == 'l' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     local c = redis.call('ZCARD', key)
-    fits = c + cost <= limit
+    fits = cost <= limit - c
     reset = window
     if fits then
       rem = limit - c - cost
@@ -92,7 +92,7 @@ for i = 1, n do
       end
     end
     if alg == 'f' then
-      fits = c + cost <= limit
+      fits = cost <= limit - c
       reset = window - el
       if fits then
         rem = limit - c - cost
@@ -102,7 +102,7 @@ for i = 1, n do
       end
     else
       local est = p * (window - el) / window + c
-      fits = est + cost <= limit
+      fits = cost <= limit - est
       if fits then
         rem = math.floor(limit - est - cost)
         reset = 2 * window - el
