@@ -1,9 +1,13 @@
 // Package idp is a real OpenID-provider key endpoint on loopback, for tests
 // and load runs of JWT verification: it generates signing keys, signs
 // tokens with them, and serves their public halves as a JWKS at a URL
-// shaped like Keycloak's (.../realms/<realm>/protocol/openid-connect/certs).
-// Faults are real: the server can answer with any status, body or delay,
-// and can stop listening (connection refused) and come back on its port.
+// shaped like Keycloak's (.../realms/<realm>/protocol/openid-connect/certs),
+// with an OpenID discovery document per realm
+// (.../realms/<realm>/.well-known/openid-configuration). One server holds
+// several realms, each with its own keys and issuer, as a Keycloak does
+// with a realm per tenant. Faults are real: the server can answer with any
+// status, body or delay, and can stop listening (connection refused) and
+// come back on its port.
 package idp
 
 import (
@@ -18,6 +22,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -139,7 +144,8 @@ func JWKS(keys ...*Key) ([]byte, error) {
 	return b, nil
 }
 
-// Server serves a JWKS on a loopback port.
+// Server serves the JWKS and discovery documents of its realms on a
+// loopback port.
 type Server struct {
 	addr string
 	path string
@@ -150,8 +156,24 @@ type Server struct {
 	body   []byte
 	delay  time.Duration
 	hits   int
+	paths  map[string]int
+	realms map[string]*Realm
 	srv    *http.Server
 }
+
+// Realm is one realm of the server: its own keys, issuer and discovery
+// document.
+type Realm struct {
+	s    *Server
+	name string
+
+	// guarded by s.mu
+	doc       []byte
+	discovery []byte // nil: the document the realm would publish
+}
+
+// DefaultRealm is the realm Start creates, served by URL and Issuer.
+const DefaultRealm = "edge"
 
 // Start listens on a free loopback port and publishes keys.
 func Start(keys ...*Key) (*Server, error) {
@@ -159,7 +181,8 @@ func Start(keys ...*Key) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start idp: %w", err)
 	}
-	s := &Server{addr: ln.Addr().String(), path: "/realms/edge/protocol/openid-connect/certs", status: http.StatusOK}
+	s := &Server{addr: ln.Addr().String(), path: "/realms/" + DefaultRealm + "/protocol/openid-connect/certs", status: http.StatusOK,
+		paths: map[string]int{}, realms: map[string]*Realm{}}
 	if err := s.Publish(keys...); err != nil {
 		ln.Close()
 		return nil, err
@@ -168,13 +191,16 @@ func Start(keys ...*Key) (*Server, error) {
 	return s, nil
 }
 
-// URL is the JWKS URL.
+// URL is the JWKS URL of the default realm.
 func (s *Server) URL() string { return "http://" + s.addr + s.path }
 
 // Issuer is the issuer a Keycloak realm at this address would put in iss.
-func (s *Server) Issuer() string { return "http://" + s.addr + "/realms/edge" }
+func (s *Server) Issuer() string { return "http://" + s.addr + "/realms/" + DefaultRealm }
 
-// Publish replaces the served keys (a rotation step).
+// DiscoveryURL is the default realm's OpenID configuration URL.
+func (s *Server) DiscoveryURL() string { return s.Issuer() + "/.well-known/openid-configuration" }
+
+// Publish replaces the default realm's keys (a rotation step).
 func (s *Server) Publish(keys ...*Key) error {
 	doc, err := JWKS(keys...)
 	if err != nil {
@@ -184,6 +210,76 @@ func (s *Server) Publish(keys ...*Key) error {
 	s.doc = doc
 	s.mu.Unlock()
 	return nil
+}
+
+// AddRealm adds a realm named name (letters, digits, '-' and '_') that
+// publishes keys. Adding an existing realm replaces its keys.
+func (s *Server) AddRealm(name string, keys ...*Key) (*Realm, error) {
+	if name == "" || name == DefaultRealm || strings.ContainsAny(name, "/?#%") {
+		return nil, fmt.Errorf("add realm: invalid name %q", name)
+	}
+	s.mu.Lock()
+	r := s.realms[name]
+	if r == nil {
+		r = &Realm{s: s, name: name}
+		s.realms[name] = r
+	}
+	s.mu.Unlock()
+	if err := r.Publish(keys...); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Issuer is the realm's iss.
+func (r *Realm) Issuer() string { return "http://" + r.s.addr + "/realms/" + r.name }
+
+// URL is the realm's JWKS URL.
+func (r *Realm) URL() string { return r.Issuer() + "/protocol/openid-connect/certs" }
+
+// DiscoveryURL is the realm's OpenID configuration URL.
+func (r *Realm) DiscoveryURL() string { return r.Issuer() + "/.well-known/openid-configuration" }
+
+// Publish replaces the realm's keys.
+func (r *Realm) Publish(keys ...*Key) error {
+	doc, err := JWKS(keys...)
+	if err != nil {
+		return err
+	}
+	r.s.mu.Lock()
+	r.doc = doc
+	r.s.mu.Unlock()
+	return nil
+}
+
+// SetDiscovery makes the realm serve doc as its OpenID configuration (a
+// wrong issuer, another jwks_uri, garbage); nil restores the real one.
+func (r *Realm) SetDiscovery(doc []byte) {
+	r.s.mu.Lock()
+	r.discovery = doc
+	r.s.mu.Unlock()
+}
+
+// Discovery is the OpenID configuration a realm at issuer publishes, with
+// the fields Keycloak serves that a resource server reads.
+func Discovery(issuer string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"issuer":                                issuer,
+		"jwks_uri":                              issuer + "/protocol/openid-connect/certs",
+		"authorization_endpoint":                issuer + "/protocol/openid-connect/auth",
+		"token_endpoint":                        issuer + "/protocol/openid-connect/token",
+		"id_token_signing_alg_values_supported": []string{"RS256", "ES256", "EdDSA"},
+		"response_types_supported":              []string{"code"},
+		"subject_types_supported":               []string{"public"},
+	})
+	return b
+}
+
+// HitsOf counts the requests served at path (without the query).
+func (s *Server) HitsOf(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paths[path]
 }
 
 // Respond makes every answer use status and, if body is not nil, body
@@ -208,10 +304,32 @@ func (s *Server) serve(ln net.Listener) {
 	go func() { _ = srv.Serve(ln) }()
 }
 
+// document returns what path serves: a realm's JWKS or discovery
+// document; any other path gets the default realm's JWKS. Called with mu
+// held.
+func (s *Server) document(path string) []byte {
+	realm, rest, ok := strings.Cut(strings.TrimPrefix(path, "/realms/"), "/")
+	if !ok || !strings.HasPrefix(path, "/realms/") {
+		return s.doc
+	}
+	r := s.realms[realm]
+	issuer := "http://" + s.addr + "/realms/" + realm
+	switch {
+	case rest == ".well-known/openid-configuration" && r != nil && r.discovery != nil:
+		return r.discovery
+	case rest == ".well-known/openid-configuration" && (r != nil || realm == DefaultRealm):
+		return Discovery(issuer)
+	case r != nil:
+		return r.doc
+	}
+	return s.doc
+}
+
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.hits++
-	status, body, delay := s.status, s.doc, s.delay
+	s.paths[r.URL.Path]++
+	status, body, delay := s.status, s.document(r.URL.Path), s.delay
 	if s.body != nil {
 		body = s.body
 	}

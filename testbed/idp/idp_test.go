@@ -100,3 +100,69 @@ func TestFaults(t *testing.T) {
 		t.Errorf("hits: got %d, want 2", got)
 	}
 }
+
+// Several realms on one server: each serves its own keys and a discovery
+// document naming its issuer and JWKS URL, which an independent verifier
+// follows.
+func TestRealmsAndDiscovery(t *testing.T) {
+	ka, _ := idp.NewEC("a1")
+	kb, _ := idp.NewEC("b1")
+	s, err := idp.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ra, err := s.AddRealm("tenant-a", ka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := s.AddRealm("tenant-b", kb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddRealm("bad/name"); err == nil {
+		t.Error("AddRealm(bad/name): got no error, want one")
+	}
+	for _, tc := range []struct {
+		realm *idp.Realm
+		key   *idp.Key
+		other *idp.Key
+	}{{ra, ka, kb}, {rb, kb, ka}} {
+		code, body, err := get(tc.realm.DiscoveryURL())
+		var doc struct {
+			Issuer  string `json:"issuer"`
+			JWKSURI string `json:"jwks_uri"`
+		}
+		if err != nil || code != 200 || json.Unmarshal(body, &doc) != nil {
+			t.Fatalf("discovery: got %d %s (%v), want 200 with a JSON document", code, body, err)
+		}
+		if doc.Issuer != tc.realm.Issuer() || doc.JWKSURI != tc.realm.URL() {
+			t.Errorf("discovery: got issuer %q jwks_uri %q, want %q and %q", doc.Issuer, doc.JWKSURI, tc.realm.Issuer(), tc.realm.URL())
+		}
+		_, jwks, err := get(doc.JWKSURI)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kf, err := keyfunc.NewJWKSetJSON(json.RawMessage(jwks))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []*idp.Key{tc.key, tc.other} {
+			tok, _ := k.Sign(idp.Claims("alice", tc.realm.Issuer(), "api", time.Now(), nil))
+			_, err := jwt.Parse(tok, kf.Keyfunc, jwt.WithIssuer(tc.realm.Issuer()))
+			if got, want := err == nil, k == tc.key; got != want {
+				t.Errorf("realm %s, key %s: got verified %v, want %v", tc.realm.Issuer(), k.KID, got, want)
+			}
+		}
+	}
+	ra.SetDiscovery([]byte(`{"issuer":"https://evil.test"}`))
+	if _, body, _ := get(ra.DiscoveryURL()); string(body) != `{"issuer":"https://evil.test"}` {
+		t.Errorf("SetDiscovery: got %s, want the set document", body)
+	}
+	if got := s.HitsOf("/realms/tenant-a/.well-known/openid-configuration"); got != 2 {
+		t.Errorf("HitsOf discovery: got %d, want 2", got)
+	}
+	if code, _, _ := get(s.DiscoveryURL()); code != 200 {
+		t.Errorf("default realm discovery: got %d, want 200", code)
+	}
+}
