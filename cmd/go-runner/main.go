@@ -81,12 +81,33 @@ func cmdRun(args []string, stderr io.Writer) int {
 		printProblems(stderr, "go-runner: config", err)
 		return 1
 	}
-	err = server.Run(server.Options{Config: cfg, Version: version, Build: buildModules(cfg)})
+	err = server.Run(serverOptions(cfg))
 	if err != nil {
 		fmt.Fprintln(stderr, "go-runner:", err)
 		return 1
 	}
 	return 0
+}
+
+// serverOptions composes the runner's own config sections and the plugins
+// this runner serves into the server's options.
+func serverOptions(cfg *config.Config) server.Options {
+	return server.Options{
+		Version:         version,
+		LogLevel:        cfg.Log.ZapLevel(),
+		SummaryInterval: cfg.Log.SummaryInterval.D(),
+		AdminListen:     cfg.Admin.Listen,
+		AdminPprof:      cfg.Admin.Pprof,
+		ShutdownTimeout: cfg.ShutdownTimeout.D(),
+		DrainTimeout:    cfg.DrainTimeout.D(),
+		Limits: server.Limits{
+			FrameTimeout:   cfg.RPC.FrameTimeout.D(),
+			MaxFrameMemory: cfg.RPC.MaxFrameMemory,
+			MaxConnections: cfg.RPC.MaxConnections,
+		},
+		MaxConfs: cfg.RPC.MaxConfs,
+		Build:    buildModules(cfg),
+	}
 }
 
 // buildModules returns the constructor of every plugin this runner serves.

@@ -41,6 +41,8 @@ type Config struct {
 	// drops it and reconnects to the new runner. If zero, 300ms; it must
 	// be below shutdown_timeout.
 	DrainTimeout core.Duration `yaml:"drain_timeout"`
+	// RPC bounds what clients of APISIX's socket can make the runner hold.
+	RPC RPC `yaml:"rpc"`
 	// Redis is the ratelimit plugin's section (plugins/ratelimit.Config).
 	Redis ratelimit.Config `yaml:"redis"`
 	// ClickHouse is the clickhouselogger plugin's section
@@ -70,6 +72,38 @@ type Admin struct {
 	// for profiling the runner under real traffic. If false (the default),
 	// it is not served.
 	Pprof bool `yaml:"pprof"`
+}
+
+// RPC is the rpc section: the bounds of the ext-plugin socket. The socket
+// must be mode 0766 so that nginx's workers (user nobody) can connect, so
+// any local user can reach it too: these bounds keep a client that sends
+// half frames, sends slowly or opens connections without end from
+// exhausting the runner's memory (an out-of-memory kill means 503 on every
+// route until APISIX respawns the runner).
+type RPC struct {
+	// FrameTimeout is how long a frame may take to arrive once its first
+	// byte has, and how long a new connection may wait before its first
+	// frame begins; past it the connection is closed and counted
+	// (apisix_edge_rpc_frame_timeouts_total). APISIX writes each frame at
+	// once and waits 60 s itself. If zero, 10s.
+	FrameTimeout core.Duration `yaml:"frame_timeout"`
+	// MaxFrameMemory bounds, over all connections, the bytes held by
+	// frames larger than 16 KiB that are still arriving (buffers grow with
+	// the bytes received, not with the announced length). A frame that
+	// would exceed it is refused: its connection is closed and counted
+	// (apisix_edge_rpc_refused_total{reason="frame_memory"}). If zero,
+	// 268435456 (256 MiB).
+	MaxFrameMemory int64 `yaml:"max_frame_memory"`
+	// MaxConnections caps the open connections; more are closed at once and
+	// counted (apisix_edge_rpc_refused_total{reason="connections"}). APISIX
+	// opens up to 32 pooled connections per nginx worker plus one per
+	// concurrent PrepareConf. If zero, 4096: 64 workers' pools and their
+	// PrepareConf connections.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConfs caps the prepared confs (one per route phase and conf
+	// version) kept; past it the least recently used is evicted, and APISIX
+	// prepares it again when it next needs it. If zero, 65536.
+	MaxConfs int `yaml:"max_confs"`
 }
 
 // ZapLevel returns the parsed log level.
@@ -104,6 +138,18 @@ func (c *Config) applyDefaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = core.Duration(300 * time.Millisecond)
 	}
+	if c.RPC.FrameTimeout == 0 {
+		c.RPC.FrameTimeout = core.Duration(10 * time.Second)
+	}
+	if c.RPC.MaxFrameMemory == 0 {
+		c.RPC.MaxFrameMemory = 256 << 20
+	}
+	if c.RPC.MaxConnections == 0 {
+		c.RPC.MaxConnections = 4096
+	}
+	if c.RPC.MaxConfs == 0 {
+		c.RPC.MaxConfs = 65536
+	}
 	c.Redis.ApplyDefaults()
 	c.ClickHouse.ApplyDefaults()
 	c.JWKS.ApplyDefaults()
@@ -129,6 +175,18 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout < 0 || c.DrainTimeout >= c.ShutdownTimeout {
 		errs = append(errs, core.Fieldf("drain_timeout", "must be > 0 and below shutdown_timeout (%v), got %v", c.ShutdownTimeout.D(), c.DrainTimeout.D()))
+	}
+	if c.RPC.FrameTimeout < 0 || c.RPC.FrameTimeout.D() >= 60*time.Second {
+		errs = append(errs, core.Fieldf("rpc.frame_timeout", "must be > 0 and below APISIX's own 60s, got %v", c.RPC.FrameTimeout.D()))
+	}
+	if c.RPC.MaxFrameMemory < 1<<20 {
+		errs = append(errs, core.Fieldf("rpc.max_frame_memory", "must be at least 1048576 (1 MiB), got %d", c.RPC.MaxFrameMemory))
+	}
+	if c.RPC.MaxConnections < 16 {
+		errs = append(errs, core.Fieldf("rpc.max_connections", "must be at least 16, got %d", c.RPC.MaxConnections))
+	}
+	if c.RPC.MaxConfs < 16 {
+		errs = append(errs, core.Fieldf("rpc.max_confs", "must be at least 16, got %d", c.RPC.MaxConfs))
 	}
 	errs = append(errs, c.Redis.Validate()...)
 	errs = append(errs, c.ClickHouse.Validate()...)

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -10,23 +11,54 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/apache/apisix-go-plugin-runner/pkg/common"
+	ei "github.com/api7/ext-plugin-proto/go/A6/ExtraInfo"
+	flatbuffers "github.com/google/flatbuffers/go"
 )
 
-// typeExtraInfo is the frame type of the runner's ExtraInfo questions in the
-// middle of a call; every other frame the runner writes ends a call.
-const typeExtraInfo = 3
+// Limits bound what one APISIX client (or anything else that can reach the
+// socket, which nginx's workers need to be mode 0766) can make the runner
+// hold.
+type Limits struct {
+	// FrameTimeout is how long a frame may take to arrive once its first
+	// byte has, and how long a new connection may wait before its first
+	// frame begins. Past it the connection is closed and counted.
+	FrameTimeout time.Duration
+	// MaxFrameMemory bounds the bytes held by frames still arriving, over
+	// all connections (see frameBudget).
+	MaxFrameMemory int64
+	// MaxConnections caps the open connections; more are closed at once
+	// and counted.
+	MaxConnections int
+}
 
-// connServer accepts APISIX's connections and hands each to the framework's
-// handler through a conn that knows whether a call is in progress. On
-// shutdown it moves each connection, between two calls, to the runner that
-// replaces it (handoff.go), or closes it there if no runner takes it, so
-// that APISIX does not send its next call into a runner about to exit.
+// smallFrame is the largest frame read into a connection's own reusable
+// buffer; larger frames get a buffer that grows with the bytes received,
+// charged to the runner-wide budget, and dropped after the call.
+const smallFrame = 16 << 10
+
+var (
+	// errLeave ends a connection on purpose (handed over, or closed idle
+	// at shutdown).
+	errLeave = errors.New("leave")
+	// errBudget: a frame could not grow within MaxFrameMemory.
+	errBudget = errors.New("frame memory budget exhausted")
+	// errFrameTimeout: a started frame did not complete in time.
+	errFrameTimeout = errors.New("frame timeout")
+)
+
+// connServer accepts APISIX's connections and serves each: one call at a
+// time, frames read with the bounds of Limits. On shutdown it moves each
+// connection, between two calls, to the runner that replaces it
+// (handoff.go), or closes it there if no runner takes it, so that APISIX
+// does not send its next call into a runner about to exit.
 type connServer struct {
 	ln     *net.UnixListener
-	handle func(net.Conn)
-	// onError reports an accept or handoff error (logged by the caller,
-	// throttled).
-	onError func(error)
+	d      *dispatcher
+	lim    Limits
+	budget frameBudget
+	m      *rpcMetrics
 
 	closing atomic.Bool                   // set once: idle connections are closed from now on
 	handoff atomic.Pointer[handoffSender] // if set, idle connections go there instead
@@ -38,9 +70,11 @@ type connServer struct {
 	done  chan struct{} // closed when closing and no connection is left
 }
 
-func newConnServer(ln *net.UnixListener, handle func(net.Conn), onError func(error)) *connServer {
-	return &connServer{ln: ln, handle: handle, onError: onError,
+func newConnServer(ln *net.UnixListener, d *dispatcher, lim Limits, m *rpcMetrics) *connServer {
+	s := &connServer{ln: ln, d: d, lim: lim, m: m,
 		conns: make(map[*conn]struct{}), done: make(chan struct{})}
+	s.budget.max = lim.MaxFrameMemory
+	return s
 }
 
 // serve accepts until close is called.
@@ -51,23 +85,30 @@ func (s *connServer) serve() {
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			s.onError(err) // EMFILE and the like: back off, keep serving
+			s.m.event("accept", "accept failed", err) // EMFILE and the like: back off, keep serving
 			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		if s.open() >= s.lim.MaxConnections {
+			_ = nc.Close()
+			s.m.refused.WithLabelValues("connections").Inc()
+			s.m.event("refused:connections", "connection refused: max_connections reached", nil)
 			continue
 		}
 		s.add(nc, true)
 	}
 }
 
-// add serves nc. A fresh connection (just accepted) is never closed before
-// its first call is answered: APISIX connects in order to send one.
+// add serves nc. A fresh connection (just accepted) is never closed idle at
+// shutdown before its first call is answered: APISIX connects in order to
+// send one.
 func (s *connServer) add(nc *net.UnixConn, fresh bool) {
-	c := &conn{UnixConn: nc, s: s, fresh: fresh}
+	c := &conn{nc: nc, s: s, fresh: fresh}
 	c.br = bufio.NewReaderSize(nc, 4096)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
-	go s.handle(c)
+	go c.serve()
 }
 
 // open returns the number of open connections.
@@ -110,12 +151,12 @@ func (s *connServer) handOver(path string) (<-chan struct{}, error) {
 	return done, nil
 }
 
-// wake interrupts every Read blocked between two calls, so it applies the
-// shutdown rules (see conn.Read); a Read inside a call resumes.
+// wake interrupts every read blocked between two calls, so it applies the
+// shutdown rules (see conn.waitFrame); a read inside a frame resumes.
 func (s *connServer) wake() {
 	s.mu.Lock()
 	for c := range s.conns {
-		_ = c.UnixConn.SetReadDeadline(time.Now())
+		_ = c.nc.SetReadDeadline(time.Now())
 	}
 	s.mu.Unlock()
 }
@@ -145,7 +186,7 @@ func (s *connServer) remove(c *conn) {
 }
 
 // checkDoneLocked closes done once closing has begun and no connection is
-// left. Both the last Close and closeAfterCalls get here, in either order.
+// left. Both the last close and closeAfterCalls get here, in either order.
 func (s *connServer) checkDoneLocked() {
 	if len(s.conns) > 0 || !s.closing.Load() {
 		return
@@ -157,60 +198,84 @@ func (s *connServer) checkDoneLocked() {
 	}
 }
 
-// conn is one APISIX connection as the framework's handler sees it.
-//
-// Read fills the whole buffer: the framework reads a frame's header and then
-// its body with one Read each and drops the connection on a short read,
-// which a large frame split by the kernel would otherwise cause.
-//
-// Write follows the frames the framework writes, to learn when a call ends:
-// a frame that is not an ExtraInfo question is the call's answer. Only the
-// handler's goroutine reads and writes, so the frame state needs no lock.
+// conn is one APISIX connection. Only its own goroutine reads and writes.
 type conn struct {
-	*net.UnixConn
-	s *connServer
-
-	busy      atomic.Bool // a call is in progress
-	fresh     bool        // accepted, no call answered yet (handler goroutine only)
-	closeOnce sync.Once
-
+	nc *net.UnixConn
+	s  *connServer
 	// br reads a whole frame, header and body, in one syscall when APISIX
 	// has sent it whole (it sends each frame with one write).
 	br *bufio.Reader
-	// A frame header the framework wrote, held to go out with its body in
-	// one writev: the framework writes them with two calls.
-	held    bool
-	heldHdr [4]byte
-	bufsArr [2][]byte
-	bufs    net.Buffers
 
-	hdr  [4]byte // header of the frame being written
-	hdrN int
-	left int // body bytes of that frame still to write
+	fresh     bool // accepted, no call answered yet
+	closeOnce sync.Once
+
+	small []byte // reusable buffer for frames up to smallFrame
+	out   []byte // reusable buffer for answers
+	// frameEnd is when the frame being read must be complete (zero between
+	// frames); wdl the write deadline set last.
+	frameEnd, wdl time.Time
+
+	req  request
+	resp response
+	w    stopWriter
 }
 
-func (c *conn) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		if n == 0 && !c.busy.Load() && c.s.closing.Load() && c.leave() {
-			return 0, io.EOF // the handler closes our descriptor
-		}
-		m, err := c.br.Read(p[n:])
-		if m > 0 {
-			c.busy.Store(true)
-		}
-		n += m
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		_ = c.nc.Close()
+		c.s.remove(c)
+	})
+}
+
+// serve reads calls and answers them until the connection ends.
+func (c *conn) serve() {
+	defer c.close()
+	if c.fresh {
+		// a new connection must start its first frame in time
+		c.frameEnd = time.Now().Add(c.s.lim.FrameTimeout)
+		_ = c.nc.SetReadDeadline(c.frameEnd)
+	}
+	for {
+		typ, body, charged, err := c.readFrame(true)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && c.s.closing.Load() {
-				// the shutdown's wake-up, not a real timeout: a call in
-				// progress goes on, an idle connection ends above
-				_ = c.UnixConn.SetReadDeadline(time.Time{})
-				continue
-			}
-			return n, err
+			c.s.m.readEnded(err)
+			return
+		}
+		ansTyp, b := c.s.d.dispatch(c, typ, body)
+		c.s.budget.give(charged)
+		err = c.writeFrame(ansTyp, b.FinishedBytes())
+		putBuilder(b)
+		c.fresh = false
+		if err != nil {
+			c.s.m.connError("write", err)
+			return
 		}
 	}
-	return n, nil
+}
+
+// waitFrame waits, between two calls, for the first byte of the next
+// frame, applying the shutdown rules while it waits.
+func (c *conn) waitFrame() error {
+	for {
+		if c.s.closing.Load() && c.leave() {
+			return errLeave
+		}
+		_, err := c.br.Peek(1)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		if !c.frameEnd.IsZero() && !time.Now().Before(c.frameEnd) {
+			return errFrameTimeout // a fresh connection that never sent
+		}
+		if !c.s.closing.Load() {
+			return err
+		}
+		// the shutdown's wake-up: apply the rules above, then wait on
+		_ = c.nc.SetReadDeadline(c.frameEnd)
+	}
 }
 
 // leave applies the shutdown rules to a connection between two calls: it
@@ -220,12 +285,12 @@ func (c *conn) leave() bool {
 	if h := c.s.handoff.Load(); h != nil && c.br.Buffered() == 0 {
 		// (a call already in our buffer is served here first: its bytes
 		// are no longer in the socket)
-		err := h.send(c.UnixConn)
+		err := h.send(c.nc)
 		if err == nil {
 			c.s.handedOver.Add(1)
 			return true
 		}
-		c.s.onError(err)
+		c.s.m.event("handoff", "handoff failed", err)
 	}
 	if c.fresh || c.pending() {
 		return false
@@ -234,66 +299,13 @@ func (c *conn) leave() bool {
 	return true
 }
 
-func (c *conn) Write(p []byte) (int, error) {
-	if !c.held && c.hdrN == 0 && len(p) == len(c.heldHdr) && p[1]|p[2]|p[3] != 0 {
-		copy(c.heldHdr[:], p) // a frame header with a body to follow
-		c.held = true
-		return len(p), nil
-	}
-	if !c.held {
-		n, err := c.UnixConn.Write(p)
-		c.track(p[:n])
-		return n, err
-	}
-	c.held = false
-	c.bufsArr = [2][]byte{c.heldHdr[:], p}
-	c.bufs = c.bufsArr[:]
-	written, err := c.bufs.WriteTo(c.UnixConn)
-	c.bufsArr = [2][]byte{} // keep no reference to the framework's buffer
-	h := min(int(written), len(c.heldHdr))
-	c.track(c.heldHdr[:h])
-	n := int(written) - h
-	c.track(p[:n])
-	if err == nil && n < len(p) {
-		err = io.ErrShortWrite
-	}
-	return n, err
-}
-
-// track advances the frame state over b, the bytes just written: the end
-// of an answer ends the call.
-func (c *conn) track(b []byte) {
-	for len(b) > 0 {
-		if c.hdrN < len(c.hdr) {
-			k := copy(c.hdr[c.hdrN:], b)
-			c.hdrN += k
-			b = b[k:]
-			if c.hdrN < len(c.hdr) {
-				return
-			}
-			c.left = int(c.hdr[1])<<16 | int(c.hdr[2])<<8 | int(c.hdr[3])
-		} else {
-			k := min(len(b), c.left)
-			c.left -= k
-			b = b[k:]
-		}
-		if c.left == 0 {
-			if c.hdr[0] != typeExtraInfo {
-				c.busy.Store(false)
-				c.fresh = false
-			}
-			c.hdrN = 0
-		}
-	}
-}
-
 // pending reports, without blocking, whether APISIX has already sent more
 // (a call to serve before closing) on an idle connection.
 func (c *conn) pending() bool {
 	if c.br.Buffered() > 0 {
 		return true
 	}
-	rc, err := c.UnixConn.SyscallConn()
+	rc, err := c.nc.SyscallConn()
 	if err != nil {
 		return false
 	}
@@ -307,11 +319,234 @@ func (c *conn) pending() bool {
 	return has
 }
 
-func (c *conn) Close() error {
-	var err error
-	c.closeOnce.Do(func() {
-		err = c.UnixConn.Close()
-		c.s.remove(c)
-	})
+// readFrame reads one whole frame. Between calls it first waits for the
+// frame to begin, and a body up to smallFrame lands in the connection's
+// reusable buffer; inside a call (an ExtraInfo answer) the body gets its
+// own. From its first byte a frame must complete within FrameTimeout. A
+// body over smallFrame goes into a buffer that grows with the bytes
+// received, each growth charged to the budget (charged is what the caller
+// gives back once done with body).
+func (c *conn) readFrame(between bool) (typ byte, body []byte, charged int64, err error) {
+	if between {
+		if err = c.waitFrame(); err != nil {
+			return 0, nil, 0, err
+		}
+	}
+	c.startFrame(frameHeaderLen)
+	hdr, err := c.peek(frameHeaderLen)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	typ = hdr[0]
+	n := int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+	_, _ = c.br.Discard(frameHeaderLen)
+	if n <= smallFrame {
+		if !between {
+			body = make([]byte, n)
+		} else {
+			if cap(c.small) < n {
+				c.small = make([]byte, max(n, 1024))
+			}
+			body = c.small[:n]
+		}
+		c.startFrame(n)
+		if err = c.readFull(body); err != nil {
+			return 0, nil, 0, err
+		}
+		c.endFrame()
+		return typ, body, 0, nil
+	}
+	body, charged, err = c.readLarge(n)
+	if err != nil {
+		c.s.budget.give(charged)
+		return 0, nil, 0, err
+	}
+	c.endFrame()
+	return typ, body, charged, nil
+}
+
+// readLarge reads an n-byte body into a buffer that starts at 64 KiB and
+// doubles as bytes arrive.
+func (c *conn) readLarge(n int) ([]byte, int64, error) {
+	c.startFrame(n)
+	var charged int64
+	buf := []byte(nil)
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			grow := min(max(2*cap(buf), 64<<10), n)
+			if !c.s.budget.take(int64(grow - cap(buf))) {
+				c.s.m.refused.WithLabelValues("frame_memory").Inc()
+				c.s.m.event("refused:frame_memory", "frame refused: max_frame_memory reached, connection closed", nil)
+				return nil, charged, errBudget
+			}
+			charged += int64(grow - cap(buf))
+			nb := make([]byte, len(buf), grow)
+			copy(nb, buf)
+			buf = nb
+		}
+		k, err := c.read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			return nil, charged, err
+		}
+	}
+	return buf, charged, nil
+}
+
+// startFrame arms the frame deadline unless the next need bytes are
+// already buffered (the common case: APISIX writes a frame at once).
+func (c *conn) startFrame(need int) {
+	if c.br.Buffered() >= need || !c.frameEnd.IsZero() {
+		return
+	}
+	c.frameEnd = time.Now().Add(c.s.lim.FrameTimeout)
+	_ = c.nc.SetReadDeadline(c.frameEnd)
+}
+
+func (c *conn) endFrame() {
+	if !c.frameEnd.IsZero() {
+		c.frameEnd = time.Time{}
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+}
+
+// retry reports whether a read error is only the shutdown's wake-up in the
+// middle of a frame; the frame's own deadline is armed again.
+func (c *conn) retry(err error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !c.s.closing.Load() {
+		return false
+	}
+	if !c.frameEnd.IsZero() && !time.Now().Before(c.frameEnd) {
+		return false
+	}
+	_ = c.nc.SetReadDeadline(c.frameEnd)
+	return true
+}
+
+// frameErr names a read error inside a frame: a timeout is the frame's,
+// and an EOF there cuts the frame short.
+func (c *conn) frameErr(err error) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errFrameTimeout
+	case errors.Is(err, io.EOF):
+		return io.ErrUnexpectedEOF
+	}
 	return err
+}
+
+func (c *conn) peek(n int) ([]byte, error) {
+	for {
+		b, err := c.br.Peek(n)
+		if err == nil {
+			return b, nil
+		}
+		if !c.retry(err) {
+			return nil, c.frameErr(err)
+		}
+	}
+}
+
+func (c *conn) read(p []byte) (int, error) {
+	for {
+		k, err := c.br.Read(p)
+		if err == nil || k > 0 {
+			return k, nil
+		}
+		if !c.retry(err) {
+			return k, c.frameErr(err)
+		}
+	}
+}
+
+func (c *conn) readFull(p []byte) error {
+	for len(p) > 0 {
+		k, err := c.read(p)
+		if err != nil {
+			return err
+		}
+		p = p[k:]
+	}
+	return nil
+}
+
+// writeFrame sends one frame with a single write. The write deadline is
+// refreshed at most every half FrameTimeout, so a peer that stops reading
+// cannot hold the connection's goroutine for longer than that.
+func (c *conn) writeFrame(typ byte, body []byte) error {
+	if len(body) > maxFrameLen {
+		return fmt.Errorf("write frame: answer of %d bytes is over the protocol's %d", len(body), maxFrameLen)
+	}
+	now := time.Now()
+	if c.wdl.Sub(now) < c.s.lim.FrameTimeout/2 {
+		c.wdl = now.Add(c.s.lim.FrameTimeout)
+		_ = c.nc.SetWriteDeadline(c.wdl)
+	}
+	n := len(body)
+	hdr := [frameHeaderLen]byte{typ, byte(n >> 16), byte(n >> 8), byte(n)}
+	if n > smallFrame {
+		bufs := net.Buffers{hdr[:], body}
+		_, err := bufs.WriteTo(c.nc)
+		return err
+	}
+	c.out = append(append(c.out[:0], hdr[:]...), body...)
+	_, err := c.nc.Write(c.out)
+	return err
+}
+
+// ask sends an ExtraInfo question during a call and reads APISIX's answer,
+// which must come within FrameTimeout. The answer's bytes are a fresh
+// allocation the plugin may keep.
+func (c *conn) ask(info ei.Info, build func(*flatbuffers.Builder) flatbuffers.UOffsetT) ([]byte, error) {
+	b := getBuilder()
+	defer putBuilder(b)
+	off := build(b)
+	ei.ReqStart(b)
+	ei.ReqAddInfoType(b, info)
+	ei.ReqAddInfo(b, off)
+	b.Finish(ei.ReqEnd(b))
+	if err := c.writeFrame(typeExtraInfo, b.FinishedBytes()); err != nil {
+		return nil, c.askFailed(err)
+	}
+	c.frameEnd = time.Now().Add(c.s.lim.FrameTimeout)
+	_ = c.nc.SetReadDeadline(c.frameEnd)
+	typ, body, charged, err := c.readFrame(false)
+	defer c.s.budget.give(charged)
+	if err != nil {
+		return nil, c.askFailed(err)
+	}
+	if typ != typeExtraInfo {
+		_ = c.nc.Close() // out of step: the connection cannot be trusted
+		return nil, c.askFailed(fmt.Errorf("got a frame of type %d, want %d", typ, typeExtraInfo))
+	}
+	res, err := extraInfoResult(body)
+	if err != nil {
+		_ = c.nc.Close()
+		return nil, c.askFailed(err)
+	}
+	return res, nil
+}
+
+func (c *conn) askFailed(err error) error {
+	c.s.m.connError("extra_info", err)
+	return fmt.Errorf("ask extra info: %w: %w", common.ErrConnClosed, err)
+}
+
+// extraInfoResult copies the result out of an ExtraInfo answer, which may
+// be malformed.
+func extraInfoResult(body []byte) (res []byte, err error) {
+	defer func() {
+		if recover() != nil {
+			res, err = nil, errors.New("malformed extra info answer")
+		}
+	}()
+	if len(body) < 4 {
+		return nil, errors.New("malformed extra info answer")
+	}
+	r := ei.GetRootAsResp(body, 0)
+	out := r.ResultBytes()
+	if out == nil {
+		return nil, nil
+	}
+	return append([]byte{}, out...), nil
 }

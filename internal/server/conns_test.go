@@ -2,31 +2,38 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
-	"os"
+	"net/http"
 	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
-	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
+	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
+	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
+	"github.com/api7/ext-plugin-proto/go/A6"
+	hrc "github.com/api7/ext-plugin-proto/go/A6/HTTPReqCall"
 	pc "github.com/api7/ext-plugin-proto/go/A6/PrepareConf"
+	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/testbed"
 	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zapcore"
 )
 
-// These tests run the framework's own connection handler behind our accept
-// loop. A frame of an unknown type is a whole call for it: it answers with
-// an error frame (type 0) and waits for the next call, so no plugin and no
-// conf are needed.
+// A frame of an unknown type is a whole call: the runner answers with an
+// error frame (type 0) and waits for the next call, so no plugin and no
+// conf are needed for the connection tests.
 const typeUnknown = 9
-
-func TestMain(m *testing.M) {
-	fwlog.NewLogger(zapcore.FatalLevel, zapcore.AddSync(io.Discard)) // the framework logs each call
-	os.Exit(m.Run())
-}
 
 type client struct {
 	t  *testing.T
@@ -34,7 +41,38 @@ type client struct {
 	br *bufio.Reader
 }
 
+// testLimits are roomy bounds; tests of the bounds set their own.
+var testLimits = Limits{FrameTimeout: 5 * time.Second, MaxFrameMemory: 64 << 20, MaxConnections: 64}
+
+type testServer struct {
+	*connServer
+	reg   *prometheus.Registry
+	logs  *bytes.Buffer
+	logMu *sync.Mutex
+}
+
 func startConns(t *testing.T) (*connServer, string) {
+	ts, path := startServer(t, testLimits, 1, nil)
+	return ts.connServer, path
+}
+
+// lockedBuffer is a log sink the test reads while the server writes.
+type lockedBuffer struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (l lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l lockedBuffer) Sync() error { return nil }
+
+// startServer serves a socket with lim, conf tokens from base+1, and
+// plugins, logging into the returned server's logs.
+func startServer(t *testing.T, lim Limits, base uint32, plugins map[string]plugin.Plugin) (*testServer, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "runner.sock")
 	ln, owned, err := listenSocket(path, 1)
@@ -44,10 +82,23 @@ func startConns(t *testing.T) (*connServer, string) {
 	if !owned.ours() {
 		t.Fatalf("ours() after listenSocket: got false, want true")
 	}
-	s := newConnServer(ln, frameworkHandleConn, func(err error) { t.Errorf("accept: %v", err) })
-	go s.serve()
-	t.Cleanup(func() { s.closeIdle() })
-	return s, path
+	ts := &testServer{reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	log := NewLogger(lockedBuffer{ts.logMu, ts.logs}, zapcore.WarnLevel)
+	m := newRPCMetrics(ts.reg, core.NewLogThrottle(log, time.Minute))
+	if plugins == nil {
+		plugins = map[string]plugin.Plugin{}
+	}
+	d := &dispatcher{plugins: plugins, cache: newConfCache(time.Hour, 1024, base), m: m}
+	ts.connServer = newConnServer(ln, d, lim, m)
+	go ts.serve()
+	t.Cleanup(func() { ts.closeIdle() })
+	return ts, path
+}
+
+func (ts *testServer) logLines() []string {
+	ts.logMu.Lock()
+	defer ts.logMu.Unlock()
+	return strings.Split(strings.TrimSpace(ts.logs.String()), "\n")
 }
 
 func dial(t *testing.T, path string) *client {
@@ -152,47 +203,6 @@ func TestReadWaitsForAFrameSplitByTheKernel(t *testing.T) {
 	c.call() // the connection is still in step
 }
 
-func TestTrackFollowsFrames(t *testing.T) {
-	frame := func(ty byte, n int) []byte {
-		return append([]byte{ty, byte(n >> 16), byte(n >> 8), byte(n)}, make([]byte, n)...)
-	}
-	split := func(b []byte, at ...int) [][]byte {
-		var out [][]byte
-		prev := 0
-		for _, i := range at {
-			out = append(out, b[prev:i])
-			prev = i
-		}
-		return append(out, b[prev:])
-	}
-	answer := frame(2, 300)
-	tests := []struct {
-		name     string
-		writes   [][]byte
-		wantBusy bool
-	}{
-		{name: "answer as header then body", writes: split(answer, 4), wantBusy: false},
-		{name: "answer in one write", writes: [][]byte{answer}, wantBusy: false},
-		{name: "header split across writes", writes: split(answer, 1, 3, 100), wantBusy: false},
-		{name: "answer not finished", writes: [][]byte{answer[:200]}, wantBusy: true},
-		{name: "ExtraInfo question keeps the call open", writes: split(frame(typeExtraInfo, 40), 4), wantBusy: true},
-		{name: "ExtraInfo then answer", writes: [][]byte{frame(typeExtraInfo, 40), frame(2, 10)}, wantBusy: false},
-		{name: "error frame ends the call", writes: [][]byte{frame(0, 12)}, wantBusy: false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := &conn{}
-			c.busy.Store(true)
-			for _, w := range tt.writes {
-				c.track(w)
-			}
-			if got := c.busy.Load(); got != tt.wantBusy {
-				t.Errorf("busy: got %v, want %v", got, tt.wantBusy)
-			}
-		})
-	}
-}
-
 func TestHandOverMovesConnectionsAtFrameBoundaries(t *testing.T) {
 	old, path := startConns(t)
 	newer, _ := startConns(t)
@@ -247,40 +257,17 @@ func TestHandOverWithoutNewRunnerFails(t *testing.T) {
 	}
 }
 
-// TestConfTokensStartAtBase checks the mirror of the framework's conf cache
-// against the framework itself: after startTokensAt(base), the framework
-// answers PrepareConf with base+1, base+2.
+// TestConfTokensStartAtBase: a runner answers PrepareConf with base+1,
+// base+2, so a token an older runner issued names no conf here.
 func TestConfTokensStartAtBase(t *testing.T) {
-	frameworkInitConfCache(time.Hour)
 	const base = 1<<30 + 12345
-	if !startTokensAt(base) {
-		t.Fatalf("startTokensAt on a fresh cache: got false, want true (the framework's ConfCache layout changed)")
-	}
-	if startTokensAt(base) {
-		t.Errorf("startTokensAt on a used counter: got true, want false")
-	}
-	_, path := startConns(t)
+	_, path := startServer(t, testLimits, base, nil)
 	c := dial(t, path)
-	for i, key := range []string{"route#1#pre", "route#2#pre"} {
-		b := flatbuffers.NewBuilder(64)
-		k := b.CreateString(key)
-		pc.ReqStartConfVector(b, 0)
-		confs := b.EndVector(0)
-		pc.ReqStart(b)
-		pc.ReqAddKey(b, k)
-		pc.ReqAddConf(b, confs)
-		b.Finish(pc.ReqEnd(b))
-		if err := testbed.WriteFrame(c.c, 1, b.FinishedBytes()); err != nil {
-			t.Fatalf("write PrepareConf: %v", err)
-		}
-		_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		ty, payload, err := testbed.ReadFrame(c.br)
-		if err != nil || ty != 1 {
-			t.Fatalf("PrepareConf answer: got type %d, err %v; want type 1", ty, err)
-		}
-		tok, err := testbed.DecodePrepareConfAnswer(payload)
-		if want := uint32(base + 1 + i); err != nil || tok != want {
-			t.Errorf("token of %s: got %d (%v), want %d", key, tok, err, want)
+	for i, key := range []string{"route#1#pre", "route#2#pre", "route#1#pre"} {
+		tok := c.prepare(key)
+		want := uint32(base + 1 + i%2) // the same key gets the same token
+		if tok != want {
+			t.Errorf("token of %s: got %d, want %d", key, tok, want)
 		}
 	}
 }
@@ -291,4 +278,321 @@ func TestTokenBaseNeverWraps(t *testing.T) {
 			t.Fatalf("tokenBase: got %d, want 1 to 2^31-1", b)
 		}
 	}
+}
+
+// prepare sends PrepareConf for key with plugins (name, conf value pairs)
+// and returns the token.
+func (c *client) prepare(key string, plugins ...string) uint32 {
+	c.t.Helper()
+	b := flatbuffers.NewBuilder(64)
+	var offs []flatbuffers.UOffsetT
+	for i := 0; i+1 < len(plugins); i += 2 {
+		n, v := b.CreateString(plugins[i]), b.CreateString(plugins[i+1])
+		A6.TextEntryStart(b)
+		A6.TextEntryAddName(b, n)
+		A6.TextEntryAddValue(b, v)
+		offs = append(offs, A6.TextEntryEnd(b))
+	}
+	k := b.CreateString(key)
+	pc.ReqStartConfVector(b, len(offs))
+	for i := len(offs) - 1; i >= 0; i-- {
+		b.PrependUOffsetT(offs[i])
+	}
+	confs := b.EndVector(len(offs))
+	pc.ReqStart(b)
+	pc.ReqAddKey(b, k)
+	pc.ReqAddConf(b, confs)
+	b.Finish(pc.ReqEnd(b))
+	if err := testbed.WriteFrame(c.c, typePrepareConf, b.FinishedBytes()); err != nil {
+		c.t.Fatalf("write PrepareConf: %v", err)
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	ty, payload, err := testbed.ReadFrame(c.br)
+	if err != nil || ty != typePrepareConf {
+		c.t.Fatalf("PrepareConf answer: got type %d, err %v; want type 1", ty, err)
+	}
+	tok, err := testbed.DecodePrepareConfAnswer(payload)
+	if err != nil {
+		c.t.Fatalf("PrepareConf answer: %v", err)
+	}
+	return tok
+}
+
+// reqCall sends an HTTPReqCall on token with header pairs and returns the
+// answer.
+func (c *client) reqCall(token uint32, headers ...string) *testbed.ReqCallAnswer {
+	c.t.Helper()
+	b := flatbuffers.NewBuilder(128)
+	var offs []flatbuffers.UOffsetT
+	for i := 0; i+1 < len(headers); i += 2 {
+		n, v := b.CreateString(headers[i]), b.CreateString(headers[i+1])
+		A6.TextEntryStart(b)
+		A6.TextEntryAddName(b, n)
+		A6.TextEntryAddValue(b, v)
+		offs = append(offs, A6.TextEntryEnd(b))
+	}
+	hrc.ReqStartHeadersVector(b, len(offs))
+	for i := len(offs) - 1; i >= 0; i-- {
+		b.PrependUOffsetT(offs[i])
+	}
+	hv := b.EndVector(len(offs))
+	path := b.CreateString("/p")
+	hrc.ReqStartSrcIpVector(b, 4)
+	for _, x := range []byte{1, 0, 0, 127} {
+		b.PrependByte(x)
+	}
+	ip := b.EndVector(4)
+	hrc.ReqStart(b)
+	hrc.ReqAddId(b, 7)
+	hrc.ReqAddConfToken(b, token)
+	hrc.ReqAddPath(b, path)
+	hrc.ReqAddHeaders(b, hv)
+	hrc.ReqAddSrcIp(b, ip)
+	b.Finish(hrc.ReqEnd(b))
+	if err := testbed.WriteFrame(c.c, typeHTTPReqCall, b.FinishedBytes()); err != nil {
+		c.t.Fatalf("write HTTPReqCall: %v", err)
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	ty, payload, err := testbed.ReadFrame(c.br)
+	if err != nil {
+		c.t.Fatalf("HTTPReqCall answer: %v", err)
+	}
+	if ty == typeError {
+		e, _ := testbed.DecodeError(payload)
+		c.t.Fatalf("HTTPReqCall answer: got error %v", e)
+	}
+	a, err := testbed.DecodeReqCallAnswer(payload)
+	if err != nil {
+		c.t.Fatalf("HTTPReqCall answer: %v", err)
+	}
+	return a
+}
+
+// authPlugin stands for a protecting plugin: it stops every request that
+// lacks the header "ok".
+type authPlugin struct{ plugin.DefaultPlugin }
+
+func (authPlugin) Name() string                     { return "auth" }
+func (authPlugin) ParseConf(in []byte) (any, error) { return string(in), nil }
+func (authPlugin) RequestFilter(_ any, w http.ResponseWriter, r pkgHTTP.Request) {
+	if r.Header().Get("ok") == "" {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	r.Header().Set("X-Edge-Consumer", "alice")
+	core.SetVerifiedConsumer(r, "alice")
+}
+
+// limitPlugin stops every request with 429.
+type limitPlugin struct{ plugin.DefaultPlugin }
+
+func (limitPlugin) Name() string                     { return "limit" }
+func (limitPlugin) ParseConf(in []byte) (any, error) { return nil, nil }
+func (limitPlugin) RequestFilter(_ any, w http.ResponseWriter, r pkgHTTP.Request) {
+	r.RespHeader().Set("X-Limit", "1")
+	w.WriteHeader(http.StatusTooManyRequests)
+}
+
+func TestMisspelledPluginNameFailsClosed(t *testing.T) {
+	ts, path := startServer(t, testLimits, 1, map[string]plugin.Plugin{"auth": &authPlugin{}})
+	c := dial(t, path)
+	if a := c.reqCall(c.prepare("route#ok", "auth", "{}")); a.Stop == nil || a.Stop.Status != http.StatusUnauthorized {
+		t.Fatalf("the plugin spelled right: got %+v, want a 401 Stop", a)
+	}
+	for i, name := range []string{"Auth", "auth ", "au-th", ""} {
+		tok := c.prepare(fmt.Sprintf("route#%d", i), name, "{}")
+		a := c.reqCall(tok, "ok", "1")
+		if a.Stop == nil || a.Stop.Status != http.StatusInternalServerError {
+			t.Errorf("plugin %q: got %+v, want a 500 Stop", name, a)
+		}
+	}
+	if got := testutil.ToFloat64(ts.m.rejectedConfs.WithLabelValues("unknown_plugin")); got != 4 {
+		t.Errorf("rejected confs: got %v, want 4", got)
+	}
+	// a conf naming far more plugins than any route is refused unparsed
+	many := make([]string, 0, 2*(maxPluginsPerConf+1))
+	for i := 0; i <= maxPluginsPerConf; i++ {
+		many = append(many, "auth", "{}")
+	}
+	if a := c.reqCall(c.prepare("route#many", many...), "ok", "1"); a.Stop == nil || a.Stop.Status != http.StatusInternalServerError {
+		t.Errorf("a conf of %d plugins: got %+v, want a 500 Stop", maxPluginsPerConf+1, a)
+	}
+}
+
+func TestStopAfterAVerifiedConsumerCarriesItSealed(t *testing.T) {
+	_, path := startServer(t, testLimits, 1, map[string]plugin.Plugin{"auth": &authPlugin{}, "limit": &limitPlugin{}})
+	c := dial(t, path)
+	a := c.reqCall(c.prepare("route#1", "auth", "{}", "limit", "{}"), "ok", "1")
+	if a.Stop == nil || a.Stop.Status != http.StatusTooManyRequests {
+		t.Fatalf("got %+v, want a 429 Stop", a)
+	}
+	var sealed string
+	for _, h := range a.Stop.Headers {
+		if h.Name == core.LogConsumerHeader {
+			sealed = h.Value
+		}
+		if strings.Contains(h.Value, "alice") {
+			t.Errorf("header %s: %q shows the consumer to the client", h.Name, h.Value)
+		}
+	}
+	if id, ok := core.OpenConsumer(sealed); !ok || id != "alice" {
+		t.Errorf("%s: got %q (opens to %q, %v), want alice sealed", core.LogConsumerHeader, sealed, id, ok)
+	}
+	// no verified consumer: no header
+	a = c.reqCall(c.prepare("route#2", "limit", "{}"))
+	for _, h := range a.Stop.Headers {
+		if h.Name == core.LogConsumerHeader {
+			t.Errorf("without a verified consumer: got %s %q, want none", h.Name, h.Value)
+		}
+	}
+}
+
+func TestGarbageFramesLogAFewLines(t *testing.T) {
+	ts, path := startServer(t, testLimits, 1, nil)
+	c := dial(t, path)
+	for i := range 500 {
+		switch i % 3 {
+		case 0: // an unknown type
+			c.call()
+		case 1: // a body that is no FlatBuffers table
+			if err := testbed.WriteFrame(c.c, typeHTTPReqCall, []byte{0xff, 0xff, 0xff, 0x7f, 1, 2, 3}); err != nil {
+				t.Fatal(err)
+			}
+			c.wantAnswer()
+		case 2: // an unknown token
+			if err := testbed.WriteFrame(c.c, typePrepareConf, []byte{1, 2}); err != nil {
+				t.Fatal(err)
+			}
+			c.wantAnswer()
+		}
+	}
+	// and connections cut in the middle of a frame
+	for range 50 {
+		d := dial(t, path)
+		_, _ = d.c.Write([]byte{typeHTTPReqCall, 0, 1, 0, 1, 2})
+		_ = d.c.Close()
+	}
+	waitOpen(t, ts.connServer, 1)
+	if lines := ts.logLines(); len(lines) > 5 {
+		t.Errorf("log lines after 500 bad frames and 50 cut ones: got %d, want at most 5:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for _, l := range ts.logLines() {
+		if !isoLine.MatchString(l) {
+			t.Errorf("log line %q: want an ISO-8601 UTC timestamp first", l)
+		}
+		if strings.Contains(l, "goroutine ") || strings.Contains(l, ".go:") {
+			t.Errorf("log line %q carries a stack trace", l)
+		}
+	}
+	if got := testutil.ToFloat64(ts.m.badFrames.WithLabelValues("malformed")); got < 300 {
+		t.Errorf("malformed frames counted: got %v, want at least 300", got)
+	}
+}
+
+var isoLine = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\t`)
+
+func TestConnectionsBeyondTheCapAreRefused(t *testing.T) {
+	lim := testLimits
+	lim.MaxConnections = 4
+	ts, path := startServer(t, lim, 1, nil)
+	var cs []*client
+	for range 4 {
+		c := dial(t, path)
+		c.call()
+		cs = append(cs, c)
+	}
+	extra := dial(t, path)
+	extra.wantEOF()
+	if got := testutil.ToFloat64(ts.m.refused.WithLabelValues("connections")); got != 1 {
+		t.Errorf("refused connections: got %v, want 1", got)
+	}
+	for _, c := range cs {
+		c.call() // the first four are served as before
+	}
+}
+
+// TestStalledHalfFramesAreReleased sends frames announcing 16 MiB - 1 and
+// then all but the last byte, on more connections than the memory bound
+// admits: the ones past the bound are refused as they grow, the others are
+// closed at the frame deadline, and the memory held never exceeds the
+// bound and is all given back.
+func TestStalledHalfFramesAreReleased(t *testing.T) {
+	lim := testLimits
+	lim.MaxFrameMemory = 24 << 20
+	// long enough for every stalled frame to have grown to its limit (the
+	// budget refuses the growth of some), short for the test
+	lim.FrameTimeout = 3 * time.Second
+	ts, path := startServer(t, lim, 1, nil)
+	const n = 6
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			if u := ts.budget.used.Load(); u > peak.Load() {
+				peak.Store(u)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Microsecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range n {
+		c := dial(t, path)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hdr := []byte{typeHTTPReqCall, 0xff, 0xff, 0xff}
+			body := make([]byte, maxFrameLen-1)
+			_, _ = c.c.Write(append(hdr, body...)) // fails once the runner closes
+			_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("stalled connection: got %v, want it closed (EOF or reset)", err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-watched
+	waitOpen(t, ts.connServer, 0)
+	if p := peak.Load(); p > lim.MaxFrameMemory {
+		t.Errorf("frame memory peak: got %d, want at most %d", p, lim.MaxFrameMemory)
+	}
+	if u := ts.budget.used.Load(); u != 0 {
+		t.Errorf("frame memory after the connections closed: got %d, want 0", u)
+	}
+	refused := testutil.ToFloat64(ts.m.refused.WithLabelValues("frame_memory"))
+	timedOut := testutil.ToFloat64(ts.m.frameTimeouts)
+	if refused < 1 || timedOut < 1 || refused+timedOut != n {
+		t.Errorf("refused %v + timed out %v: want each at least 1, %d in all", refused, timedOut, n)
+	}
+}
+
+func TestSlowlorisIsDropped(t *testing.T) {
+	lim := testLimits
+	lim.FrameTimeout = 200 * time.Millisecond
+	ts, path := startServer(t, lim, 1, nil)
+	c := dial(t, path)
+	frame := []byte{typeUnknown, 0, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	closed := false
+	for _, b := range frame {
+		if _, err := c.c.Write([]byte{b}); err != nil {
+			closed = true
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !closed {
+		c.wantEOF()
+	}
+	if got := testutil.ToFloat64(ts.m.frameTimeouts); got != 1 {
+		t.Errorf("frame timeouts: got %v, want 1", got)
+	}
+	// a new connection that never sends is dropped too
+	idle := dial(t, path)
+	idle.wantEOF()
 }

@@ -100,18 +100,18 @@ func receiveHandoff(c *net.UnixConn, s *connServer) {
 		}
 		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
-			s.onError(fmt.Errorf("handoff: %w", err))
+			s.m.event("handoff", "handoff failed", fmt.Errorf("handoff: %w", err))
 			continue
 		}
 		for _, m := range msgs {
 			fds, err := syscall.ParseUnixRights(&m)
 			if err != nil {
-				s.onError(fmt.Errorf("handoff: %w", err))
+				s.m.event("handoff", "handoff failed", fmt.Errorf("handoff: %w", err))
 				continue
 			}
 			for _, fd := range fds {
 				if err := s.adopt(fd); err != nil {
-					s.onError(err)
+					s.m.event("handoff", "handoff failed", err)
 				}
 			}
 		}

@@ -1,8 +1,12 @@
 // Package server runs the plugin runner: it listens on APISIX's socket path
-// (claimed by rename, socket.go), hands each connection to the framework's
-// handler (framework.go, conns.go), serves the admin listener, starts the
-// plugins without waiting for their backing services, and on SIGTERM drains
-// or hands its connections over (handoff.go) before it shuts down.
+// (claimed by rename, socket.go) and speaks the ext-plugin protocol itself
+// on api7/ext-plugin-proto (conns.go reads and writes frames within the
+// bounds of Limits, dispatch.go answers PrepareConf, HTTPReqCall and
+// HTTPRespCall from the conf cache, request.go and response.go implement
+// the reference framework's public pkg/http interfaces, which stay the
+// plugin contract). It serves the admin listener, starts the plugins
+// without waiting for their backing services, and on SIGTERM drains or
+// hands its connections over (handoff.go) before it shuts down.
 package server
 
 import (
@@ -15,41 +19,63 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	fwlog "github.com/apache/apisix-go-plugin-runner/pkg/log"
 	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
 	"github.com/apisix-edge/edge-runner/core"
-	"github.com/apisix-edge/edge-runner/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// Options configure Run.
+// Options configure Run. cmd/go-runner fills them from the runner config.
 type Options struct {
-	Config  *config.Config
 	Version string
-	// Modules are the plugins to register, built by the caller with the
-	// Deps that Run passes to Build.
+	// LogLevel is the least level logged; SummaryInterval how often
+	// repeated events are folded into one summary line.
+	LogLevel        zapcore.Level
+	SummaryInterval time.Duration
+	// AdminListen is the admin listener's host:port, or "off"; AdminPprof
+	// serves /debug/pprof/ there.
+	AdminListen string
+	AdminPprof  bool
+	// ShutdownTimeout bounds the whole shutdown; DrainTimeout its first
+	// part, while connections are handed over (see drain).
+	ShutdownTimeout, DrainTimeout time.Duration
+	// Limits bound what clients of the socket can make the runner hold.
+	Limits Limits
+	// MaxConfs caps the prepared confs kept (see confCache).
+	MaxConfs int
+	// Build constructs the plugins to serve with the Deps that Run passes.
 	Build func(core.Deps) ([]core.Module, error)
 	// Output receives the runner's logs. If nil, stderr.
 	Output zapcore.WriteSyncer
 }
 
+// NewLogger returns the runner's logger: one line per event with an
+// ISO-8601 UTC timestamp, at level or above, never a stack trace.
+func NewLogger(out zapcore.WriteSyncer, level zapcore.Level) *zap.Logger {
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = func(t time.Time, e zapcore.PrimitiveArrayEncoder) {
+		e.AppendString(t.UTC().Format("2006-01-02T15:04:05.000Z"))
+	}
+	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), out, level))
+}
+
 // Run serves until SIGTERM or SIGINT, then shuts down within the configured
 // timeout. It returns the error that stopped it, if any.
 func Run(opts Options) error {
-	cfg := opts.Config
 	out := opts.Output
 	if out == nil {
 		out = zapcore.Lock(os.Stderr)
 	}
-	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig()), out, cfg.Log.ZapLevel()))
+	log := NewLogger(out, opts.LogLevel)
 	defer func() { _ = log.Sync() }()
 
 	addr := os.Getenv("APISIX_LISTEN_ADDRESS")
@@ -57,64 +83,40 @@ func Run(opts Options) error {
 	if !ok || public == "" {
 		return fmt.Errorf("run: APISIX_LISTEN_ADDRESS must be unix:<path>, got %q (APISIX sets it when it spawns the runner)", addr)
 	}
+	ttl, err := confCacheTTL()
+	if err != nil {
+		return err
+	}
 
 	reg := core.NewRegistry()
-	throttle := core.NewLogThrottle(log, cfg.Log.SummaryInterval.D())
-	stateGauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: core.Namespace, Name: "backend_state",
-		Help: "1 for the current state of each backing service (ok, degraded, down, unknown).",
-	}, []string{"backend", "state"})
-	reg.MustRegister(stateGauge)
+	throttle := core.NewLogThrottle(log, opts.SummaryInterval)
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: core.Namespace, Name: "runner_info", Help: "Always 1; the runner's version.",
 	}, []string{"version"})
 	info.WithLabelValues(opts.Version).Set(1)
 	reg.MustRegister(info)
-	status := core.NewStatus(opts.Version, func(name string, from, to core.State, err error) {
-		for _, s := range []core.State{core.StateUnknown, core.StateOK, core.StateDegraded, core.StateDown} {
-			v := 0.0
-			if s == to {
-				v = 1
-			}
-			stateGauge.WithLabelValues(name, string(s)).Set(v)
-		}
-		fields := []zap.Field{zap.String("backend", name), zap.String("from", string(from)), zap.String("to", string(to))}
-		if err != nil {
-			fields = append(fields, zap.Error(err))
-		}
-		if to == core.StateOK || to == core.StateUnknown {
-			log.Warn("backend recovered", fields...)
-		} else {
-			log.Error("backend state changed", fields...)
-		}
-	})
+	status := core.NewStatus(opts.Version, newStateLog(reg, log, throttle).changed)
 	inflight := &core.Inflight{}
 	guards := core.NewGuardMetrics(reg, throttle, inflight)
 	deps := core.Deps{Log: log, Throttle: throttle, Metrics: reg, Status: status}
 
 	var modules []core.Module
 	if opts.Build != nil {
-		var err error
 		if modules, err = opts.Build(deps); err != nil {
 			return fmt.Errorf("run: build plugins: %w", err)
 		}
 	}
+	plugins := make(map[string]plugin.Plugin, len(modules))
 	for _, m := range modules {
-		if err := plugin.RegisterPlugin(guards.Guard(m)); err != nil {
-			return fmt.Errorf("run: register plugin %s: %w", m.Name(), err)
+		if _, dup := plugins[m.Name()]; dup {
+			return fmt.Errorf("run: register plugin %s: registered twice", m.Name())
 		}
+		plugins[m.Name()] = guards.Guard(m)
 	}
+	rpcm := newRPCMetrics(reg, throttle)
+	cache := newConfCache(ttl, opts.MaxConfs, tokenBase())
+	d := &dispatcher{plugins: plugins, cache: cache, m: rpcm}
 
-	// The framework serves each connection; we accept them (framework.go).
-	ttl, err := confCacheTTL()
-	if err != nil {
-		return err
-	}
-	fwlog.NewLogger(cfg.Log.ZapLevel(), out)
-	frameworkInitConfCache(ttl)
-	if !startTokensAt(tokenBase()) {
-		log.Error("conf tokens numbered from 1: the framework's conf cache is not laid out as expected; after a reload a stale token may name another conf")
-	}
 	quit := make(chan os.Signal, 1)
 	signal.Notify(quit, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(quit)
@@ -128,17 +130,24 @@ func Run(opts Options) error {
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
-	conns := newConnServer(ln, frameworkHandleConn, func(err error) {
-		throttle.Error("conns", "APISIX connection", err)
-	})
+	conns := newConnServer(ln, d, opts.Limits, rpcm)
 	if hln != nil {
 		go serveHandoff(hln, conns)
 	}
-	connGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: core.Namespace, Name: "rpc_connections",
-		Help: "APISIX connections open to the runner.",
-	}, func() float64 { return float64(conns.open()) })
-	reg.MustRegister(connGauge)
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: core.Namespace, Name: "rpc_connections",
+			Help: "APISIX connections open to the runner.",
+		}, func() float64 { return float64(conns.open()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: core.Namespace, Name: "rpc_frame_memory_bytes",
+			Help: "Bytes held by large frames still arriving (bounded by rpc.max_frame_memory).",
+		}, func() float64 { return float64(conns.budget.used.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: core.Namespace, Name: "rpc_confs",
+			Help: "Prepared confs held (bounded by rpc.max_confs).",
+		}, func() float64 { return float64(cache.len()) }),
+	)
 	go conns.serve()
 	log.Warn("runner listening", zap.String("socket", public), zap.String("version", opts.Version), zap.Int("plugins", len(modules)))
 
@@ -147,9 +156,9 @@ func Run(opts Options) error {
 	for _, m := range modules {
 		m.Start(ctx) // must not block: backing services are dialed in the background
 	}
-	admin := startAdmin(ctx, cfg.Admin, reg, status, log)
+	admin := startAdmin(ctx, opts.AdminListen, opts.AdminPprof, reg, status, log)
 	go func() {
-		t := time.NewTicker(cfg.Log.SummaryInterval.D())
+		t := time.NewTicker(opts.SummaryInterval)
 		defer t.Stop()
 		for {
 			select {
@@ -157,13 +166,14 @@ func Run(opts Options) error {
 				return
 			case <-t.C:
 				throttle.Flush()
+				cache.sweep()
 			}
 		}
 	}()
 
 	sig := <-quit
 	log.Warn("runner draining", zap.String("signal", sig.String()), zap.Int("connections", conns.open()))
-	sctx, scancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.D())
+	sctx, scancel := context.WithTimeout(context.Background(), opts.ShutdownTimeout)
 	defer scancel()
 	if hln != nil {
 		// take no more connections: a runner on its way out must never
@@ -172,7 +182,7 @@ func Run(opts Options) error {
 		_ = hln.Close()
 		_, _ = handoffOwned.release()
 	}
-	drain(conns, owned, cfg.DrainTimeout.D(), log)
+	drain(conns, owned, opts.DrainTimeout, log)
 	if removed, err := owned.release(); err != nil {
 		log.Error("release socket", zap.Error(err))
 	} else if !removed {
@@ -196,6 +206,21 @@ func Run(opts Options) error {
 	admin.stop()
 	throttle.Flush()
 	return nil
+}
+
+// confCacheTTL is how long a prepared conf lives after its last use:
+// APISIX's APISIX_CONF_EXPIRE_TIME (seconds, default 3600) times 1.2, so a
+// conf outlives APISIX's own token by a margin.
+func confCacheTTL() (time.Duration, error) {
+	v := os.Getenv("APISIX_CONF_EXPIRE_TIME")
+	if v == "" {
+		v = "3600"
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("run: APISIX_CONF_EXPIRE_TIME must be a positive number of seconds, got %q", v)
+	}
+	return time.Duration(n) * 1200 * time.Millisecond, nil
 }
 
 // drain keeps serving after SIGTERM, with every plugin working, until no
@@ -285,12 +310,11 @@ func AdminHandler(reg *prometheus.Registry, status *core.Status, withPprof bool)
 // startAdmin binds the admin listener in the background. During `apisix
 // reload` the old runner still holds the port for a moment, so binding is
 // retried until it succeeds or ctx ends; the socket never waits for it.
-func startAdmin(ctx context.Context, cfg config.Admin, reg *prometheus.Registry, status *core.Status, log *zap.Logger) *adminServer {
-	addr := cfg.Listen
+func startAdmin(ctx context.Context, addr string, withPprof bool, reg *prometheus.Registry, status *core.Status, log *zap.Logger) *adminServer {
 	if addr == "off" {
 		return nil
 	}
-	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}}
+	a := &adminServer{srv: &http.Server{Handler: AdminHandler(reg, status, withPprof), ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		logged := false
 		for {

@@ -1,0 +1,355 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/apache/apisix-go-plugin-runner/pkg/common"
+	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
+	"github.com/api7/ext-plugin-proto/go/A6"
+	ei "github.com/api7/ext-plugin-proto/go/A6/ExtraInfo"
+	hrc "github.com/api7/ext-plugin-proto/go/A6/HTTPReqCall"
+	flatbuffers "github.com/google/flatbuffers/go"
+)
+
+// asker asks APISIX an ExtraInfo question during a call, on the call's own
+// connection, and returns the answer's result.
+type asker interface {
+	ask(info ei.Info, build func(*flatbuffers.Builder) flatbuffers.UOffsetT) ([]byte, error)
+}
+
+// ctxTimeout bounds a call's context: APISIX waits 60 s for the answer, so a
+// plugin that watches r.Context() can still answer before that.
+const ctxTimeout = 56 * time.Second
+
+// methods maps the wire's method numbers to their names without the
+// generated map lookup.
+var methods = func() [256]string {
+	var m [256]string
+	for v, name := range A6.EnumNamesMethod {
+		m[v] = name
+	}
+	return m
+}()
+
+// callValues holds what one plugin hands to the next within a call
+// (core.CallValues).
+type callValues struct{ kv []any }
+
+func (v *callValues) SetCallValue(key, value any) {
+	for i := 0; i < len(v.kv); i += 2 {
+		if v.kv[i] == key {
+			v.kv[i+1] = value
+			return
+		}
+	}
+	v.kv = append(v.kv, key, value)
+}
+
+func (v *callValues) CallValue(key any) any {
+	for i := 0; i < len(v.kv); i += 2 {
+		if v.kv[i] == key {
+			return v.kv[i+1]
+		}
+	}
+	return nil
+}
+
+func (v *callValues) reset() {
+	clear(v.kv)
+	v.kv = v.kv[:0]
+}
+
+// request is the pkg/http Request of one HTTPReqCall. Everything it returns
+// is a copy: the frame it was read from is reused after the call.
+type request struct {
+	callValues
+	c   asker
+	r   hrc.Req
+	hdr header
+
+	path    []byte
+	pathSet bool
+
+	args, rawArgs url.Values
+	respHdr       http.Header
+
+	vars    map[string][]byte
+	body    []byte
+	hasBody bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+var _ pkgHTTP.Request = (*request)(nil)
+
+func (r *request) init(c asker, buf []byte) {
+	r.c = c
+	r.r.Init(buf, flatbuffers.GetUOffsetT(buf))
+}
+
+// end releases what the call held; the request is then reused.
+func (r *request) end() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.callValues.reset()
+	r.c = nil
+	r.hdr.reset()
+	r.path, r.pathSet = nil, false
+	r.args, r.rawArgs, r.respHdr = nil, nil, nil
+	r.vars, r.body, r.hasBody = nil, nil, false
+	r.ctx, r.cancel = nil, nil
+}
+
+func (r *request) ID() uint32 { return r.r.Id() }
+
+func (r *request) SrcIP() net.IP {
+	ip := r.r.SrcIpBytes()
+	if len(ip) == 0 {
+		return nil
+	}
+	return net.IP(bytes.Clone(ip))
+}
+
+func (r *request) Method() string {
+	if m := methods[r.r.Method()]; m != "" {
+		return m
+	}
+	return r.r.Method().String()
+}
+
+func (r *request) Path() []byte {
+	if r.pathSet {
+		return r.path
+	}
+	return bytes.Clone(r.r.Path())
+}
+
+func (r *request) SetPath(p []byte) {
+	r.path, r.pathSet = bytes.Clone(p), true
+}
+
+func (r *request) Header() pkgHTTP.Header {
+	if r.hdr.h == nil {
+		r.hdr.h = make(http.Header, min(r.r.HeadersLength(), maxEntries))
+		parseEntries(entryVector{r.r.HeadersLength(), r.r.Headers}, r.hdr.h, true)
+	}
+	return &r.hdr
+}
+
+func (r *request) Args() url.Values {
+	if r.args == nil {
+		r.args = url.Values{}
+		parseEntries(entryVector{r.r.ArgsLength(), r.r.Args}, r.args, false)
+		r.rawArgs = make(url.Values, len(r.args))
+		for k, v := range r.args {
+			r.rawArgs[k] = slices.Clone(v)
+		}
+	}
+	return r.args
+}
+
+func (r *request) RespHeader() http.Header {
+	if r.respHdr == nil {
+		r.respHdr = http.Header{}
+	}
+	return r.respHdr
+}
+
+func (r *request) Var(name string) ([]byte, error) {
+	if v, ok := r.vars[name]; ok {
+		return v, nil
+	}
+	v, err := askVar(r.c, name)
+	if err != nil {
+		return nil, err
+	}
+	if r.vars == nil {
+		r.vars = make(map[string][]byte, 4)
+	}
+	r.vars[name] = v
+	return v, nil
+}
+
+func (r *request) Body() ([]byte, error) {
+	if r.hasBody {
+		return r.body, nil
+	}
+	if r.c == nil {
+		return nil, common.ErrConnClosed
+	}
+	v, err := r.c.ask(ei.InfoReqBody, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+		ei.ReqBodyStart(b)
+		return ei.ReqBodyEnd(b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.body, r.hasBody = v, true
+	return v, nil
+}
+
+func (r *request) Context() context.Context {
+	if r.ctx == nil {
+		r.ctx, r.cancel = context.WithTimeout(context.Background(), ctxTimeout)
+	}
+	return r.ctx
+}
+
+func askVar(c asker, name string) ([]byte, error) {
+	if c == nil {
+		return nil, common.ErrConnClosed
+	}
+	return c.ask(ei.InfoVar, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+		n := b.CreateString(name)
+		ei.VarStart(b)
+		ei.VarAddName(b, n)
+		return ei.VarEnd(b)
+	})
+}
+
+// changed reports whether the request must be answered with a Rewrite.
+func (r *request) changed() bool {
+	return r.pathSet || len(r.hdr.changed) > 0 || len(r.respHdr) > 0 || r.argsChanged()
+}
+
+func (r *request) argsChanged() bool {
+	if r.args == nil {
+		return false
+	}
+	if len(r.args) != len(r.rawArgs) {
+		return true
+	}
+	for k, v := range r.args {
+		if !slices.Equal(v, r.rawArgs[k]) {
+			return true
+		}
+	}
+	return false
+}
+
+// rewrite builds the Rewrite answer: the path if set, each header a plugin
+// set (its first value) or deleted, the response headers, and the args that
+// changed (a deleted name alone; a changed one with each of its values).
+func (r *request) rewrite(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+	var path, hdrs, resp, args flatbuffers.UOffsetT
+	if r.pathSet {
+		path = b.CreateByteString(r.path)
+	}
+	if len(r.hdr.changed) > 0 {
+		var l entryList
+		for _, k := range r.hdr.changed {
+			if v, ok := r.hdr.h[k]; ok && len(v) > 0 {
+				l.add(k, v[0])
+			} else {
+				l.del(k)
+			}
+		}
+		hdrs = l.build(b, hrc.RewriteStartHeadersVector)
+	}
+	if len(r.respHdr) > 0 {
+		var l entryList
+		l.addHeader(r.respHdr)
+		resp = l.build(b, hrc.RewriteStartRespHeadersVector)
+	}
+	if r.argsChanged() {
+		var l entryList
+		for k := range r.rawArgs {
+			if _, ok := r.args[k]; !ok {
+				l.del(k)
+			}
+		}
+		for k, v := range r.args {
+			if slices.Equal(v, r.rawArgs[k]) {
+				continue
+			}
+			for _, x := range v {
+				l.add(k, x)
+			}
+		}
+		args = l.build(b, hrc.RewriteStartArgsVector)
+	}
+	hrc.RewriteStart(b)
+	if r.pathSet {
+		hrc.RewriteAddPath(b, path)
+	}
+	if hdrs != 0 {
+		hrc.RewriteAddHeaders(b, hdrs)
+	}
+	if resp != 0 {
+		hrc.RewriteAddRespHeaders(b, resp)
+	}
+	if args != 0 {
+		hrc.RewriteAddArgs(b, args)
+	}
+	return hrc.RewriteEnd(b)
+}
+
+// stopWriter is the http.ResponseWriter of a request call: writing a body
+// or a status makes the answer a Stop and ends the chain. Setting headers
+// alone changes nothing.
+type stopWriter struct {
+	hdr  http.Header
+	body []byte
+	code int
+}
+
+func (w *stopWriter) Header() http.Header {
+	if w.hdr == nil {
+		w.hdr = http.Header{}
+	}
+	return w.hdr
+}
+
+func (w *stopWriter) Write(b []byte) (int, error) {
+	if w.body == nil {
+		w.body = []byte{}
+	}
+	w.body = append(w.body, b...)
+	return len(b), nil
+}
+
+// WriteHeader sets the status once; APISIX turns 0 into 200.
+func (w *stopWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *stopWriter) stopped() bool { return w.body != nil || w.code != 0 }
+
+func (w *stopWriter) reset() {
+	w.hdr, w.body, w.code = nil, nil, 0
+}
+
+func (w *stopWriter) stop(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+	var hdrs, body flatbuffers.UOffsetT
+	if len(w.hdr) > 0 {
+		var l entryList
+		l.addHeader(w.hdr)
+		hdrs = l.build(b, hrc.StopStartHeadersVector)
+	}
+	if len(w.body) > 0 {
+		body = b.CreateByteVector(w.body)
+	}
+	hrc.StopStart(b)
+	code := w.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	hrc.StopAddStatus(b, uint16(code))
+	if hdrs != 0 {
+		hrc.StopAddHeaders(b, hdrs)
+	}
+	if body != 0 {
+		hrc.StopAddBody(b, body)
+	}
+	return hrc.StopEnd(b)
+}

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/apache/apisix-go-plugin-runner/pkg/common"
+	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
+	"github.com/api7/ext-plugin-proto/go/A6"
+	ei "github.com/api7/ext-plugin-proto/go/A6/ExtraInfo"
+	hresp "github.com/api7/ext-plugin-proto/go/A6/HTTPRespCall"
+	"github.com/apisix-edge/edge-runner/core"
+	flatbuffers "github.com/google/flatbuffers/go"
+)
+
+// response is the pkg/http Response of one HTTPRespCall (post-resp). Any
+// header a plugin changes makes the answer carry the whole header set:
+// APISIX then sends the client only the runner's headers, so sending the
+// changes alone would drop every other header. Reading headers through
+// VisitHeaders, or Header().Get, changes nothing.
+type response struct {
+	c    asker
+	r    hresp.Req
+	hdr  header
+	code int
+	body []byte
+
+	vars     map[string][]byte
+	origBody []byte
+	hasOrig  bool
+}
+
+var (
+	_ pkgHTTP.Response           = (*response)(nil)
+	_ core.ResponseHeaderVisitor = (*response)(nil)
+)
+
+func (r *response) init(c asker, buf []byte) {
+	r.c = c
+	r.r.Init(buf, flatbuffers.GetUOffsetT(buf))
+}
+
+func (r *response) end() {
+	r.c = nil
+	r.hdr.reset()
+	r.code, r.body = 0, nil
+	r.vars, r.origBody, r.hasOrig = nil, nil, false
+}
+
+func (r *response) ID() uint32 { return r.r.Id() }
+
+func (r *response) StatusCode() int {
+	if r.code != 0 {
+		return r.code
+	}
+	return int(r.r.Status())
+}
+
+func (r *response) Header() pkgHTTP.Header {
+	if r.hdr.h == nil {
+		r.hdr.h = make(http.Header, min(r.r.HeadersLength(), maxEntries))
+		parseEntries(entryVector{r.r.HeadersLength(), r.r.Headers}, r.hdr.h, true)
+	}
+	return &r.hdr
+}
+
+// VisitHeaders calls fn with each upstream response header as APISIX sent
+// it (lower-case names), at most maxEntries of them. The slices are valid
+// during the call only.
+func (r *response) VisitHeaders(fn func(name, value []byte)) {
+	var e A6.TextEntry
+	n := min(r.r.HeadersLength(), maxEntries)
+	for i := 0; i < n; i++ {
+		if r.r.Headers(&e, i) {
+			fn(e.Name(), e.Value())
+		}
+	}
+}
+
+func (r *response) Var(name string) ([]byte, error) {
+	if v, ok := r.vars[name]; ok {
+		return v, nil
+	}
+	v, err := askVar(r.c, name)
+	if err != nil {
+		return nil, err
+	}
+	if r.vars == nil {
+		r.vars = make(map[string][]byte, 4)
+	}
+	r.vars[name] = v
+	return v, nil
+}
+
+func (r *response) ReadBody() ([]byte, error) {
+	if r.hasOrig {
+		return r.origBody, nil
+	}
+	if r.c == nil {
+		return nil, common.ErrConnClosed
+	}
+	v, err := r.c.ask(ei.InfoRespBody, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+		ei.RespBodyStart(b)
+		return ei.RespBodyEnd(b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.origBody, r.hasOrig = v, true
+	return v, nil
+}
+
+func (r *response) Write(b []byte) (int, error) {
+	if r.body == nil {
+		r.body = []byte{}
+	}
+	r.body = append(r.body, b...)
+	return len(b), nil
+}
+
+// WriteHeader sets the status once.
+func (r *response) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+}
+
+func (r *response) changed() bool {
+	return r.body != nil || r.code != 0 || len(r.hdr.changed) > 0
+}
+
+// answer builds the HTTPRespCall answer: nothing but the id when no plugin
+// changed anything (APISIX then sends the upstream's response as is).
+func (r *response) answer(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+	var hdrs, body flatbuffers.UOffsetT
+	if len(r.hdr.changed) > 0 {
+		var l entryList
+		l.addHeader(r.hdr.h)
+		hdrs = l.build(b, hresp.RespStartHeadersVector)
+	}
+	if len(r.body) > 0 {
+		body = b.CreateByteVector(r.body)
+	}
+	hresp.RespStart(b)
+	hresp.RespAddId(b, r.r.Id())
+	if r.code != 0 {
+		hresp.RespAddStatus(b, uint16(r.code))
+	}
+	if hdrs != 0 {
+		hresp.RespAddHeaders(b, hdrs)
+	}
+	if body != 0 {
+		hresp.RespAddBody(b, body)
+	}
+	return hresp.RespEnd(b)
+}
