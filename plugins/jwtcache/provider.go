@@ -276,7 +276,9 @@ func (p *provider) load(ctx context.Context) (*keySet, error) {
 			if last == nil {
 				return nil, err
 			}
-			p.log.Warn("jwks-discovery:"+p.backend, "openid discovery failed: using the jwks_uri read before", redactErr(err, p.knownURLs()...),
+			err = redactErr(err, p.knownURLs()...)
+			p.status.SetError(err)
+			p.log.Warn("jwks-discovery:"+p.backend, "openid discovery failed: using the jwks_uri read before", err,
 				zap.String("backend", p.backend))
 			uri = *last
 		}
