@@ -7,10 +7,16 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/apisix-edge/edge-runner/core"
 	"github.com/apisix-edge/edge-runner/internal/config"
+	"github.com/apisix-edge/edge-runner/plugins/ratelimit"
 )
+
+// warnPrefix starts a finding that does not make a conf invalid: printed,
+// but validate still succeeds.
+const warnPrefix = "warning: "
 
 // extPhases are the APISIX plugins that carry ext-plugin confs.
 var extPhases = []string{"ext-plugin-pre-req", "ext-plugin-post-req", "ext-plugin-post-resp"}
@@ -51,10 +57,14 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		problems := validateDoc(data, parsers)
+		errs := 0
 		for _, p := range problems {
 			fmt.Fprintf(stdout, "%s: %s\n", f, p)
+			if !strings.HasPrefix(p, warnPrefix) {
+				errs++
+			}
 		}
-		if len(problems) > 0 {
+		if errs > 0 {
 			bad++
 			continue
 		}
@@ -124,6 +134,7 @@ func validateEntries(where string, raw json.RawMessage, parsers map[string]func(
 		return []string{where + ": must be a list of {name, value}: " + err.Error()}
 	}
 	var problems []string
+	jwtBefore := false
 	for i, e := range entries {
 		at := fmt.Sprintf("%s[%d]", where, i)
 		if single {
@@ -148,6 +159,24 @@ func validateEntries(where string, raw json.RawMessage, parsers map[string]func(
 		for _, p := range core.Problems(parse([]byte(value))) {
 			problems = append(problems, fmt.Sprintf("%s (%s): %s", at, e.Name, p))
 		}
+		problems = append(problems, consumerWarning(at, e.Name, value, jwtBefore)...)
+		if e.Name == "jwtcache" {
+			jwtBefore = true
+		}
 	}
 	return problems
+}
+
+// consumerWarning warns about a ratelimit conf that keys on the verified
+// consumer with no jwtcache before it in the same conf list: only jwtcache
+// verifies a consumer, so every request would be counted by remote_addr.
+func consumerWarning(at, name, value string, jwtBefore bool) []string {
+	if name != ratelimit.PluginName || jwtBefore {
+		return nil
+	}
+	c, err := ratelimit.ParseConf([]byte(value))
+	if err != nil || !c.KeysOnConsumer() {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s%s (%s): key: consumer without jwtcache before it in this conf list: no request has a verified consumer, so all are counted by remote_addr (apisix_edge_ratelimit_key_fallbacks_total)", warnPrefix, at, name)}
 }

@@ -151,6 +151,9 @@ type RuleList []Rule
 
 // UnmarshalJSON decodes a list of rule objects.
 func (l *RuleList) UnmarshalJSON(b []byte) error {
+	if string(bytes.TrimSpace(b)) == "null" {
+		return nil
+	}
 	var raw []json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return &core.FieldError{Rule: "must be a list of rule objects {limit, window, key, algorithm, cost}"}

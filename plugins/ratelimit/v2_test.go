@@ -477,3 +477,86 @@ func TestMemoryPerKey(t *testing.T) {
 		}
 	}
 }
+
+// TestFaultsEachAlgorithm: for each algorithm (one rule, and three rules
+// at once) and each fault (Redis killed, frozen, 100 ms slow through
+// toxiproxy): no decision waits much past redis.timeout, every decision
+// during the fault is degraded by fail_mode (open, and local: still
+// limited), and Redis-backed decisions resume after the repair.
+func TestFaultsEachAlgorithm(t *testing.T) {
+	confs := map[string]string{
+		"sliding_log":    `{"limit":3,"window":"1m","fail_mode":"local"}`,
+		"sliding_window": `{"limit":3,"window":"1m","algorithm":"sliding_window","fail_mode":"local"}`,
+		"fixed_window":   `{"limit":3,"window":"1m","algorithm":"fixed_window","fail_mode":"local"}`,
+		"three_rules": `{"fail_mode":"local","rules":[{"limit":3,"window":"1m"},{"limit":10,"window":"1h","algorithm":"sliding_window"},
+			{"limit":100,"window":"24h","algorithm":"fixed_window","key":"const:all"}]}`,
+	}
+	for _, fault := range []string{"killed", "frozen", "slow"} {
+		t.Run(fault, func(t *testing.T) {
+			rd := backing.MustRedis(t, backing.RedisOptions{})
+			px := backing.MustProxy(t, rd.Addr())
+			e := newEnv(t, redisCfg(t, px.Addr(), func(r *Config) {
+				r.Breaker.OpenTimeout = core.Duration(50 * time.Millisecond)
+				r.Breaker.MinFailingTime = core.Duration(10 * time.Millisecond)
+			}))
+			for name, conf := range confs {
+				c := mustConf(t, conf)
+				if res := e.do(c, newReq("192.0.2.50")); res.status != 0 || res.hdr.Get(hdrStatus) != "" {
+					t.Fatalf("%s healthy: got %d %v, want a Redis decision", name, res.status, res.hdr)
+				}
+			}
+			switch fault {
+			case "killed":
+				if err := rd.Kill(); err != nil {
+					t.Fatal(err)
+				}
+			case "frozen":
+				freeze(t, rd)
+			case "slow":
+				if err := px.SetLatency(100 * time.Millisecond); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for name, conf := range confs {
+				c := mustConf(t, conf)
+				codes := ""
+				for i := 0; i < 5; i++ {
+					start := time.Now()
+					res := e.do(c, newReq("192.0.2.60"))
+					if took := time.Since(start); took > 200*time.Millisecond {
+						t.Errorf("%s during %s: a decision took %s", name, fault, took)
+					}
+					if res.hdr.Get(hdrStatus) != statusDegrade {
+						t.Fatalf("%s during %s, request %d: got %d %v, want degraded", name, fault, i, res.status, res.hdr)
+					}
+					codes += strconv.Itoa(res.status) + " "
+				}
+				if codes != "0 0 0 429 429 " {
+					t.Errorf("%s during %s: got statuses %s, want the local limit of 3", name, fault, codes)
+				}
+			}
+			switch fault {
+			case "killed":
+				if err := rd.Restart(); err != nil {
+					t.Fatal(err)
+				}
+			case "frozen":
+				if err := rd.Thaw(); err != nil {
+					t.Fatal(err)
+				}
+			case "slow":
+				if err := px.ClearLatency(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for name, conf := range confs {
+				c := mustConf(t, conf)
+				waitFor(t, name+" Redis-backed again after "+fault, func() bool {
+					res := e.do(c, newReq("192.0.2.70"))
+					time.Sleep(5 * time.Millisecond)
+					return res.status == 0 && res.hdr.Get(hdrStatus) == ""
+				})
+			}
+		})
+	}
+}
