@@ -213,10 +213,19 @@ func rlHammer(g *testbed.Gateway, route *testbed.Route, c int, stop <-chan struc
 // response to a request made while Redis was dead is marked degraded; and
 // Redis-backed decisions resume within 3 s of the restart.
 func TestRLRedisKilledUnderLoad(t *testing.T) {
+	for _, alg := range rlAlgorithms {
+		t.Run(alg, func(t *testing.T) { rlRedisKilledUnderLoad(t, alg) })
+	}
+}
+
+// rlAlgorithms are the algorithms every resilience test runs with.
+var rlAlgorithms = []string{"sliding_log", "sliding_window", "fixed_window"}
+
+func rlRedisKilledUnderLoad(t *testing.T, alg string) {
 	rd := backing.MustRedis(t, backing.RedisOptions{})
 	r := startRunner(t, rlConfig(0, rlStandalone(rd.Addr())), testbed.RunnerOptions{})
 	g := newGateway(t, r)
-	route := rlRoute("rl-kill", `{"limit":100,"window":"1s"}`)
+	route := rlRoute("rl-kill", `{"limit":100,"window":"1s","algorithm":"`+alg+`"}`)
 	stop := make(chan struct{})
 	wait := rlHammer(g, route, 8, stop)
 	time.Sleep(500 * time.Millisecond)
@@ -296,8 +305,11 @@ func TestRLSentinelFailover(t *testing.T) {
 	cfg := rlConfig(0, fmt.Sprintf("  mode: sentinel\n  addrs: %s\n  master_name: %s\n  password: ${RL_REDIS_PASSWORD}\n", addrs, sg.MasterName()))
 	r := startRunner(t, cfg, testbed.RunnerOptions{ExtraEnv: []string{"RL_REDIS_PASSWORD=s3cret"}})
 	g := newGateway(t, r)
-	route := rlRoute("rl-sentinel", `{"limit":3,"window":"1m"}`)
-	rlWaitRedisDecision(t, g, route, "198.51.100.1", 5*time.Second)
+	routes := map[string]*testbed.Route{}
+	for _, alg := range rlAlgorithms {
+		routes[alg] = rlRoute("rl-sentinel-"+alg, `{"limit":3,"window":"1m","algorithm":"`+alg+`"}`)
+		rlWaitRedisDecision(t, g, routes[alg], "198.51.100.1", 5*time.Second)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	old, err := sg.KillMaster(ctx)
@@ -309,15 +321,21 @@ func TestRLSentinelFailover(t *testing.T) {
 	}
 	// On the new master (an async replica: counts may be lost) decisions
 	// are Redis-backed again, and a fresh key is limited exactly.
-	took := rlWaitRedisDecision(t, g, route, "198.51.100.2", 10*time.Second)
-	for i := 1; i < 5; i++ {
-		res := do(t, g, route, rlReq("198.51.100.2"))
-		want := 200
-		if i >= 3 {
-			want = 429
+	took := rlWaitRedisDecision(t, g, routes[rlAlgorithms[0]], "198.51.100.2", 10*time.Second)
+	for _, alg := range rlAlgorithms {
+		route := routes[alg]
+		if alg != rlAlgorithms[0] {
+			rlWaitRedisDecision(t, g, route, "198.51.100.2", 10*time.Second)
 		}
-		if res.Status != want || res.Headers.Get("X-RateLimit-Status") != "" {
-			t.Fatalf("after failover, request %d: got %d %q, want %d from Redis", i, res.Status, res.Headers.Get("X-RateLimit-Status"), want)
+		for i := 1; i < 5; i++ {
+			res := do(t, g, route, rlReq("198.51.100.2"))
+			want := 200
+			if i >= 3 {
+				want = 429
+			}
+			if res.Status != want || res.Headers.Get("X-RateLimit-Status") != "" {
+				t.Fatalf("%s after failover, request %d: got %d %q, want %d from Redis", alg, i, res.Status, res.Headers.Get("X-RateLimit-Status"), want)
+			}
 		}
 	}
 	t.Logf("Redis-backed decisions on the new master %v after sentinels elected it", took.Round(time.Millisecond))
@@ -330,19 +348,30 @@ func TestRLCluster(t *testing.T) {
 	addrs := `["` + strings.Join(cl.Addrs(), `", "`) + `"]`
 	r := startRunner(t, rlConfig(0, fmt.Sprintf("  mode: cluster\n  addrs: %s\n", addrs)), testbed.RunnerOptions{})
 	g := newGateway(t, r)
-	route := rlRoute("rl-cluster", `{"limit":2,"window":"1m","key":"header:X-User","tenant_header":"X-Tenant"}`)
 	users := []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"}
-	for _, u := range users {
-		for i := 0; i < 3; i++ {
-			req := rlReq("198.51.100.1")
-			req.Headers = http.Header{"X-User": {u}, "X-Tenant": {"t-" + u}}
-			res := do(t, g, route, req)
-			want := 200
-			if i == 2 {
-				want = 429
-			}
-			if res.Status != want || res.Headers.Get("X-RateLimit-Status") != "" {
-				t.Fatalf("user %s request %d: got %d %q (%v), want %d from Redis", u, i, res.Status, res.Headers.Get("X-RateLimit-Status"), res.Err, want)
+	// Each algorithm alone, and three rules on one request (their keys
+	// share the user's hash tag, so one script call covers them).
+	confs := map[string]string{
+		"three_rules": `{"key":"header:X-User","tenant_header":"X-Tenant","rules":[{"limit":2,"window":"1m"},
+			{"limit":5,"window":"1h","algorithm":"sliding_window"},{"limit":9,"window":"24h","algorithm":"fixed_window","key":["header:X-User","route"]}]}`,
+	}
+	for _, alg := range rlAlgorithms {
+		confs[alg] = `{"limit":2,"window":"1m","key":"header:X-User","tenant_header":"X-Tenant","algorithm":"` + alg + `"}`
+	}
+	for name, conf := range confs {
+		route := rlRoute("rl-cluster-"+name, conf)
+		for _, u := range users {
+			for i := 0; i < 3; i++ {
+				req := rlReq("198.51.100.1")
+				req.Headers = http.Header{"X-User": {u}, "X-Tenant": {"t-" + u}}
+				res := do(t, g, route, req)
+				want := 200
+				if i == 2 {
+					want = 429
+				}
+				if res.Status != want || res.Headers.Get("X-RateLimit-Status") != "" {
+					t.Fatalf("%s, user %s request %d: got %d %q (%v), want %d from Redis", name, u, i, res.Status, res.Headers.Get("X-RateLimit-Status"), res.Err, want)
+				}
 			}
 		}
 	}
