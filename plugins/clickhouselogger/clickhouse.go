@@ -151,11 +151,11 @@ func (c *chClient) ensureTable(ctx context.Context, s *server, table string) err
 
 // insert sends rows into table in one batch INSERT with named columns, on
 // the next server in round-robin order; when that server fails, on the next
-// one, each server tried at most once (see order). Each server gets timeout,
-// all within ctx. When every server failed, the error is the last one that
+// one, each server tried at most once (see order). Each server gets
+// read_timeout, all within ctx. When every server failed, the error is the last one that
 // another try may fix, else the last refusal: permanent reports true only
 // when every server refused the rows.
-func (c *chClient) insert(ctx context.Context, timeout time.Duration, table string, rows []row) error {
+func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	cs := &c.cols
 	cs.fill(rows, c.cfg.Ingest.Columns)
 	defer cs.reset()
@@ -163,7 +163,7 @@ func (c *chClient) insert(ctx context.Context, timeout time.Duration, table stri
 	tried := 0
 	for _, s := range c.order(time.Now()) {
 		tried++
-		err := c.insertOn(ctx, timeout, s, table)
+		err := c.insertOn(ctx, s, table)
 		if err == nil {
 			s.ok.Inc()
 			s.markUp(true, c.cfg.Retries.Backoff.D())
@@ -195,9 +195,9 @@ func (c *chClient) insert(ctx context.Context, timeout time.Duration, table stri
 	return err
 }
 
-// insertOn sends the filled columns to one server within timeout.
-func (c *chClient) insertOn(ctx context.Context, timeout time.Duration, s *server, table string) (err error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// insertOn sends the filled columns to one server within read_timeout.
+func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ReadTimeout.D())
 	defer cancel()
 	if c.beforeInsert != nil {
 		c.beforeInsert(s.addr)

@@ -17,8 +17,16 @@ import (
 // "clickhouse.<key>".
 type Config struct {
 	// Addrs are the host:port native-protocol addresses of the servers
-	// (port 9000, or 9440 with TLS). Inserts go to the first that answers.
-	// If empty, ["127.0.0.1:9000"].
+	// (port 9000, or 9440 with TLS). With several, each batch goes to the
+	// next server in turn (round robin per batch, each server with its own
+	// connections); a batch whose insert fails on one server is sent to the
+	// next at once, within the same attempt. A server that failed is
+	// skipped for retries.backoff, doubling up to retries.max_backoff, then
+	// pinged (or, if it had answered with an error, tried again with a
+	// batch). When every server failed, the batch's attempt failed (see
+	// retries). For a cluster, list every server and set table to a
+	// Distributed table (conf/clickhouse-cluster-schema.sql). If empty,
+	// ["127.0.0.1:9000"].
 	Addrs []string `yaml:"addrs"`
 	// Database holds the table. If empty, "default".
 	Database string `yaml:"database"`

@@ -35,6 +35,9 @@ type flusher struct {
 	lastScan     time.Time
 	fileFailures map[string]int // spool files the server refused, by name
 	lastDropped  uint64         // drops already reported in the log
+
+	// beforeInsert, tests only, is handed to the client (chClient's).
+	beforeInsert func(addr string)
 }
 
 // errStopping ends a retry wait when the runner shuts down.
@@ -63,12 +66,18 @@ func (l *Logger) run(ctx context.Context) {
 		l.deps.Log.Error("clickhouselogger: cannot connect to ClickHouse: rows will not be inserted", zap.Error(err))
 		l.backend.Set(core.StateDown, err)
 		f.down = true
-	} else if sp := l.spool.Load(); sp != nil && sp.rows.Load() > 0 {
-		// Rows from an earlier runner wait: find out now whether they can
-		// go. Otherwise ClickHouse is first contacted with the first batch,
-		// so a runner whose routes do not use the logger never reports it
-		// (its state stays unknown, not down).
-		l.probe()
+	} else {
+		f.client.beforeInsert = f.beforeInsert
+		if err := l.deps.Metrics.Register(f.client.inserts); err != nil {
+			l.deps.Log.Warn("clickhouselogger: per-server insert counters not exported", zap.Error(err))
+		}
+		if sp := l.spool.Load(); sp != nil && sp.rows.Load() > 0 {
+			// Rows from an earlier runner wait: find out now whether they
+			// can go. Otherwise ClickHouse is first contacted with the first
+			// batch, so a runner whose routes do not use the logger never
+			// reports it (its state stays unknown, not down).
+			l.probe()
+		}
 	}
 	l.updateStatus()
 
@@ -119,6 +128,8 @@ func (l *Logger) tick() {
 	}
 	if f.down && f.client != nil && !time.Now().Before(f.nextProbe) {
 		l.probe()
+	} else if f.client != nil {
+		f.client.probeDue() // servers down while others take the batches
 	}
 	l.replay()
 	l.updateStatus()
@@ -151,6 +162,11 @@ func (l *Logger) markUp() {
 	f := &l.fl
 	f.down = false
 	f.probeWait = l.cfg.Retries.Backoff.D()
+	if err := f.client.outage(); err != nil {
+		// Other servers of clickhouse.addrs take the batches.
+		l.backend.Set(core.StateDegraded, err)
+		return
+	}
 	l.backend.Set(core.StateOK, nil)
 }
 
@@ -254,7 +270,7 @@ func (l *Logger) insertRetry(table string, rows []row, attempts int) error {
 	f := &l.fl
 	wait := l.cfg.Retries.Backoff.D()
 	for a := 1; ; a++ {
-		err := l.insertOnce(table, rows, l.cfg.ReadTimeout.D())
+		err := l.insertOnce(table, rows)
 		if err == nil {
 			l.markUp()
 			return nil
@@ -289,12 +305,12 @@ func (l *Logger) insertRetry(table string, rows []row, attempts int) error {
 	}
 }
 
-// insertOnce runs one INSERT bounded by timeout and by the shutdown.
-func (l *Logger) insertOnce(table string, rows []row, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(l.hard, timeout)
-	defer cancel()
+// insertOnce is one attempt of a batch: one INSERT, on the next server of
+// clickhouse.addrs, failing over to the others (each bounded by
+// read_timeout, all by the shutdown). The client picks the server.
+func (l *Logger) insertOnce(table string, rows []row) error {
 	start := time.Now()
-	err := l.fl.client.insert(ctx, table, rows)
+	err := l.fl.client.insert(l.hard, table, rows)
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -327,7 +343,7 @@ func (l *Logger) finalRows(table string, rows []row) {
 	f := &l.fl
 	left := time.Until(time.Unix(0, l.drainBy.Load()))
 	if f.client != nil && left > 0 && !(f.down && l.spool.Load() != nil) {
-		if err := l.insertOnce(table, rows, left); err == nil {
+		if err := l.insertOnce(table, rows); err == nil {
 			l.markUp()
 			l.n.inserted.Add(uint64(len(rows)))
 			return
@@ -393,6 +409,9 @@ func (l *Logger) replay() {
 func (l *Logger) updateStatus() {
 	b := l.backend
 	b.SetDetail("queue_rows", l.q.rows())
+	if c := l.fl.client; c != nil && len(c.servers) > 1 {
+		b.SetDetail("servers_down", c.downAddrs())
+	}
 	if sp := l.spool.Load(); sp != nil {
 		b.SetDetail("spool_rows", sp.rows.Load())
 		b.SetDetail("spool_bytes", sp.bytes.Load())
