@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -93,6 +94,9 @@ type RateLimit struct {
 	failing atomic.Bool  // the last Redis call failed
 	started atomic.Bool
 	counts  [numOutcomes]atomic.Int64 // by outcome
+
+	syncMu  sync.Mutex
+	syncers map[time.Duration]*syncer // delayed sync, by interval
 }
 
 var _ plugin.Plugin = (*RateLimit)(nil)
@@ -207,15 +211,22 @@ func (r *RateLimit) Start(ctx context.Context) {
 func (r *RateLimit) loadScript(ctx context.Context) error {
 	if cc, ok := r.client.(*redis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			return decideScript.Load(ctx, c).Err()
+			if err := decideScript.Load(ctx, c).Err(); err != nil {
+				return err
+			}
+			return syncScript.Load(ctx, c).Err()
 		})
 	}
-	return decideScript.Load(ctx, r.client).Err()
+	if err := decideScript.Load(ctx, r.client).Err(); err != nil {
+		return err
+	}
+	return syncScript.Load(ctx, r.client).Err()
 }
 
-// Shutdown stops the batcher's workers (after their round trips, each
+// Shutdown flushes the delayed-sync increments, stops the batcher's workers (after their round trips, each
 // bounded by redis.timeout) and closes the Redis client.
 func (r *RateLimit) Shutdown(context.Context) error {
+	r.closeSyncers()
 	if r.batch != nil {
 		r.batch.close()
 	}

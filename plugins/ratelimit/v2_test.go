@@ -560,3 +560,108 @@ func TestFaultsEachAlgorithm(t *testing.T) {
 		})
 	}
 }
+
+// TestDelayedSyncTwoRunners: two plugin instances with their own Redis
+// clients share one Redis, as two runners would. Each receives k requests
+// per interval on one hot key and flushes (the test calls the flush the
+// ticker would make, on a moved clock). Over the window they admit at
+// least the limit and at most limit + runners × k (runners × interval ×
+// rate), and a third runner started later knows the total at once.
+func TestDelayedSyncTwoRunners(t *testing.T) {
+	rd := backing.MustRedis(t, backing.RedisOptions{})
+	for _, alg := range []string{"fixed_window", "sliding_window"} {
+		t.Run(alg, func(t *testing.T) {
+			clk := newClock()
+			clk.t = midnight
+			conf := `{"limit":100,"window":"1h","algorithm":"` + alg + `","sync_interval":"1m","name":"sync-` + alg + `"}`
+			a := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(clk.now))
+			b := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(clk.now))
+			ca, cb := mustConf(t, conf), mustConf(t, conf)
+			const k = 15
+			admitted := 0
+			for interval := 0; interval < 12; interval++ {
+				for i := 0; i < k; i++ {
+					for _, x := range []struct {
+						e *env
+						c *Conf
+					}{{a, ca}, {b, cb}} {
+						if res := x.e.do(x.c, newReq("192.0.2.1")); res.status == 0 {
+							if res.hdr.Get(hdrStatus) != "" {
+								t.Fatalf("interval %d: got a degraded decision with Redis up", interval)
+							}
+							admitted++
+						}
+					}
+				}
+				a.rl.flushSync()
+				b.rl.flushSync()
+				clk.add(time.Minute)
+			}
+			if admitted < 100 || admitted > 100+2*k {
+				t.Fatalf("got %d admitted in one window by 2 runners, want 100 to %d", admitted, 100+2*k)
+			}
+			// Redis has every admitted request.
+			cl := rd.Client()
+			defer cl.Close()
+			keys, _ := cl.Keys(context.Background(), "edge:rl:{n:sync-"+alg+"*").Result()
+			if len(keys) != 1 {
+				t.Fatalf("got keys %v", keys)
+			}
+			v := cl.Get(context.Background(), keys[0]).Val()
+			if f := strings.Fields(v); len(f) < 2 || f[1] != strconv.Itoa(admitted) {
+				t.Fatalf("got Redis counter %q, want a count of %d", v, admitted)
+			}
+			// A runner that starts now reads the total before its first decision.
+			c3 := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(clk.now))
+			if res := c3.do(mustConf(t, conf), newReq("192.0.2.1")); res.status != 429 {
+				t.Fatalf("a new runner: got %d, want 429 (the window is full)", res.status)
+			}
+			t.Logf("%s: %d admitted (limit 100, 2 runners × %d per interval)", alg, admitted, k)
+		})
+	}
+}
+
+// TestDelayedSyncFallsBackToLocal: while flushes fail, a delayed-sync
+// route is limited by the runner-local limiter (degraded); the increments
+// reach Redis once it is back.
+func TestDelayedSyncFallsBackToLocal(t *testing.T) {
+	rd := backing.MustRedis(t, backing.RedisOptions{})
+	clk := newClock()
+	clk.t = midnight
+	e := newEnv(t, redisCfg(t, rd.Addr(), func(r *Config) {
+		r.Breaker.OpenTimeout = core.Duration(10 * time.Millisecond)
+	}), WithClock(clk.now))
+	c := mustConf(t, `{"limit":5,"window":"1h","algorithm":"fixed_window","sync_interval":"1m","name":"syncfail"}`)
+	for i := 0; i < 2; i++ {
+		if res := e.do(c, newReq("192.0.2.1")); res.status != 0 || res.hdr.Get(hdrStatus) != "" {
+			t.Fatalf("healthy %d: got %d %v", i, res.status, res.hdr)
+		}
+	}
+	if err := rd.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	e.rl.flushSync() // fails: the 2 stay pending
+	var got []string
+	for i := 0; i < 6; i++ {
+		res := e.do(c, newReq("192.0.2.1"))
+		got = append(got, fmt.Sprintf("%d%s", res.status, res.hdr.Get(hdrStatus)))
+	}
+	// The local limiter has seen none of the 2 of before: 5 fit.
+	if want := "0degraded 0degraded 0degraded 0degraded 0degraded 429degraded"; strings.Join(got, " ") != want {
+		t.Fatalf("flush failed: got %s, want %s", strings.Join(got, " "), want)
+	}
+	if err := rd.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a flush to succeed", func() bool {
+		time.Sleep(20 * time.Millisecond)
+		e.rl.flushSync()
+		cl := rd.Client()
+		defer cl.Close()
+		keys, _ := cl.Keys(context.Background(), "edge:rl:{n:syncfail*").Result()
+		return len(keys) == 1 && strings.HasSuffix(cl.Get(context.Background(), keys[0]).Val(), " 7")
+	})
+	if res := e.do(c, newReq("192.0.2.1")); res.status != 429 || res.hdr.Get(hdrStatus) != "" {
+		t.Fatalf("after recovery: got %d %q, want 429 from the synced total of 7", res.status, res.hdr.Get(hdrStatus))
+	}
+}
