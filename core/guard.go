@@ -45,6 +45,13 @@ type Deps struct {
 	Status   *Status
 }
 
+// NewDeps returns Deps for a runner other than ours (one built on the
+// reference framework's runner.Run): log for every plugin, repeated events
+// summarized each minute, metrics on reg, and a fresh Status.
+func NewDeps(log *zap.Logger, reg prometheus.Registerer) Deps {
+	return Deps{Log: log, Throttle: NewLogThrottle(log, time.Minute), Metrics: reg, Status: NewStatus("", nil)}
+}
+
 // Module is a plugin of this runner: the framework's plugin.Plugin plus a
 // failure policy and a lifecycle. Connections to backing services belong to
 // the module (one per process), never to a conf.

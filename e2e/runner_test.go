@@ -105,13 +105,25 @@ func TestEmptyChainProxies(t *testing.T) {
 	}
 }
 
-func TestUnknownPluginIsSkipped(t *testing.T) {
+// TestJWTMisspelledPluginNameFailsClosed: the reference framework skips a
+// plugin name it does not know, so a typo in "jwtcache" let requests pass
+// without a token. Here the route gets 500 and the upstream is never
+// called; the conf is logged once and counted.
+func TestJWTMisspelledPluginNameFailsClosed(t *testing.T) {
 	r := startRunner(t, "", testbed.RunnerOptions{})
 	g := newGateway(t, r)
-	route := &testbed.Route{ID: "1", PreReq: []testbed.PluginConf{{Name: "no-such-plugin", Value: `{}`}}}
-	res := do(t, g, route, nil)
-	if res.Status != 200 || !res.UpstreamCalled {
-		t.Fatalf("got status %d upstream called %v, want 200 and true (APISIX semantics: skipped)", res.Status, res.UpstreamCalled)
+	for i, name := range []string{"JWTCache", "jwtcache ", "jwt-cache", "no-such-plugin"} {
+		route := &testbed.Route{ID: fmt.Sprint(i + 1), PreReq: []testbed.PluginConf{{Name: name, Value: `{"provider":"kc"}`}}}
+		for range 3 {
+			res := do(t, g, route, nil)
+			if res.Status != 500 || res.UpstreamCalled {
+				t.Fatalf("plugin %q: got status %d upstream called %v, want 500 and false", name, res.Status, res.UpstreamCalled)
+			}
+		}
+	}
+	// one line per conf, not per request
+	if n := strings.Count(r.Output(), "conf names a plugin this runner does not serve"); n < 1 || n > 4 {
+		t.Errorf("log lines for 4 rejected confs and 12 requests: got %d, want 1 to 4\n%s", n, r.Output())
 	}
 }
 

@@ -65,6 +65,7 @@ func NewLogger(out zapcore.WriteSyncer, level zapcore.Level) *zap.Logger {
 		e.AppendString(t.UTC().Format("2006-01-02T15:04:05.000Z"))
 	}
 	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
+	enc.EncodeDuration = zapcore.StringDurationEncoder
 	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), out, level))
 }
 
