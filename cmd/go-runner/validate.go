@@ -147,7 +147,7 @@ func validateEntries(where string, raw json.RawMessage, parsers map[string]func(
 				known = append(known, n)
 			}
 			sort.Strings(known)
-			problems = append(problems, fmt.Sprintf("%s.name: unknown plugin %q: the runner would skip it (known: %v)", at, e.Name, known))
+			problems = append(problems, fmt.Sprintf("%s.name: unknown plugin %q: every request on the route would get 500 (known: %v)", at, e.Name, known))
 			continue
 		}
 		// APISIX passes value as a JSON string holding the conf.
