@@ -284,26 +284,7 @@ func TestTokenBaseNeverWraps(t *testing.T) {
 // and returns the token.
 func (c *client) prepare(key string, plugins ...string) uint32 {
 	c.t.Helper()
-	b := flatbuffers.NewBuilder(64)
-	var offs []flatbuffers.UOffsetT
-	for i := 0; i+1 < len(plugins); i += 2 {
-		n, v := b.CreateString(plugins[i]), b.CreateString(plugins[i+1])
-		A6.TextEntryStart(b)
-		A6.TextEntryAddName(b, n)
-		A6.TextEntryAddValue(b, v)
-		offs = append(offs, A6.TextEntryEnd(b))
-	}
-	k := b.CreateString(key)
-	pc.ReqStartConfVector(b, len(offs))
-	for i := len(offs) - 1; i >= 0; i-- {
-		b.PrependUOffsetT(offs[i])
-	}
-	confs := b.EndVector(len(offs))
-	pc.ReqStart(b)
-	pc.ReqAddKey(b, k)
-	pc.ReqAddConf(b, confs)
-	b.Finish(pc.ReqEnd(b))
-	if err := testbed.WriteFrame(c.c, typePrepareConf, b.FinishedBytes()); err != nil {
+	if err := testbed.WriteFrame(c.c, typePrepareConf, encodePrepare(key, plugins...)); err != nil {
 		c.t.Fatalf("write PrepareConf: %v", err)
 	}
 	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -322,34 +303,7 @@ func (c *client) prepare(key string, plugins ...string) uint32 {
 // answer.
 func (c *client) reqCall(token uint32, headers ...string) *testbed.ReqCallAnswer {
 	c.t.Helper()
-	b := flatbuffers.NewBuilder(128)
-	var offs []flatbuffers.UOffsetT
-	for i := 0; i+1 < len(headers); i += 2 {
-		n, v := b.CreateString(headers[i]), b.CreateString(headers[i+1])
-		A6.TextEntryStart(b)
-		A6.TextEntryAddName(b, n)
-		A6.TextEntryAddValue(b, v)
-		offs = append(offs, A6.TextEntryEnd(b))
-	}
-	hrc.ReqStartHeadersVector(b, len(offs))
-	for i := len(offs) - 1; i >= 0; i-- {
-		b.PrependUOffsetT(offs[i])
-	}
-	hv := b.EndVector(len(offs))
-	path := b.CreateString("/p")
-	hrc.ReqStartSrcIpVector(b, 4)
-	for _, x := range []byte{1, 0, 0, 127} {
-		b.PrependByte(x)
-	}
-	ip := b.EndVector(4)
-	hrc.ReqStart(b)
-	hrc.ReqAddId(b, 7)
-	hrc.ReqAddConfToken(b, token)
-	hrc.ReqAddPath(b, path)
-	hrc.ReqAddHeaders(b, hv)
-	hrc.ReqAddSrcIp(b, ip)
-	b.Finish(hrc.ReqEnd(b))
-	if err := testbed.WriteFrame(c.c, typeHTTPReqCall, b.FinishedBytes()); err != nil {
+	if err := testbed.WriteFrame(c.c, typeHTTPReqCall, encodeReqCall(token, headers...)); err != nil {
 		c.t.Fatalf("write HTTPReqCall: %v", err)
 	}
 	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -595,4 +549,58 @@ func TestSlowlorisIsDropped(t *testing.T) {
 	// a new connection that never sends is dropped too
 	idle := dial(t, path)
 	idle.wantEOF()
+}
+
+// entries encodes name/value pairs as TextEntry tables.
+func entries(b *flatbuffers.Builder, pairs []string) []flatbuffers.UOffsetT {
+	var offs []flatbuffers.UOffsetT
+	for i := 0; i+1 < len(pairs); i += 2 {
+		n, v := b.CreateString(pairs[i]), b.CreateString(pairs[i+1])
+		A6.TextEntryStart(b)
+		A6.TextEntryAddName(b, n)
+		A6.TextEntryAddValue(b, v)
+		offs = append(offs, A6.TextEntryEnd(b))
+	}
+	return offs
+}
+
+func vector(b *flatbuffers.Builder, start func(*flatbuffers.Builder, int) flatbuffers.UOffsetT, offs []flatbuffers.UOffsetT) flatbuffers.UOffsetT {
+	start(b, len(offs))
+	for i := len(offs) - 1; i >= 0; i-- {
+		b.PrependUOffsetT(offs[i])
+	}
+	return b.EndVector(len(offs))
+}
+
+// encodePrepare encodes a PrepareConf for key with plugins (name, conf
+// value pairs).
+func encodePrepare(key string, plugins ...string) []byte {
+	b := flatbuffers.NewBuilder(64)
+	confs := vector(b, pc.ReqStartConfVector, entries(b, plugins))
+	k := b.CreateString(key)
+	pc.ReqStart(b)
+	pc.ReqAddKey(b, k)
+	pc.ReqAddConf(b, confs)
+	b.Finish(pc.ReqEnd(b))
+	return b.FinishedBytes()
+}
+
+// encodeReqCall encodes an HTTPReqCall on token with header pairs.
+func encodeReqCall(token uint32, headers ...string) []byte {
+	b := flatbuffers.NewBuilder(128)
+	hv := vector(b, hrc.ReqStartHeadersVector, entries(b, headers))
+	path := b.CreateString("/p")
+	hrc.ReqStartSrcIpVector(b, 4)
+	for _, x := range []byte{1, 0, 0, 127} {
+		b.PrependByte(x)
+	}
+	ip := b.EndVector(4)
+	hrc.ReqStart(b)
+	hrc.ReqAddId(b, 7)
+	hrc.ReqAddConfToken(b, token)
+	hrc.ReqAddPath(b, path)
+	hrc.ReqAddHeaders(b, hv)
+	hrc.ReqAddSrcIp(b, ip)
+	b.Finish(hrc.ReqEnd(b))
+	return b.FinishedBytes()
 }
