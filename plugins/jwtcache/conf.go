@@ -227,10 +227,9 @@ type claimValues struct {
 // routeProv is one provider a route verifies with, and the issuer its
 // tokens must carry ("" = not checked).
 type routeProv struct {
-	name      string
-	issuer    string
-	prov      *provider
-	validator *jwt.Validator
+	name   string
+	issuer string
+	prov   *provider
 }
 
 // routeConf is a validated conf, ready for the request path.
@@ -255,8 +254,7 @@ type routeConf struct {
 	// WWW-Authenticate values, with the realm.
 	authMissing, authInvalid, authForbidden, authScope string
 
-	// provs has one entry per provider; the module binds prov and
-	// validator.
+	// provs has one entry per provider; the module binds prov.
 	provs  []routeProv
 	parser *jwt.Parser
 }

@@ -167,8 +167,10 @@ func TestExtractToken(t *testing.T) {
 		{"query missing", tokenSource{kind: fromQuery, name: "access_token"}, nil, url.Values{}, "", reasonMissingToken},
 	}
 	for _, tt := range tests {
-		args := func() url.Values { return tt.args }
-		got, why := extractFrom(tt.src, tt.hdr, args, 256)
+		got, why := extractFrom(tt.src, tt.hdr, argsOf(tt.args), 256)
+		if why == "" && !jwsShape(got) { // what verify checks first on a miss
+			got, why = "", reasonMalformed
+		}
 		if got != tt.want || why != tt.reason {
 			t.Errorf("%s: got (%q, %q), want (%q, %q)", tt.name, got, why, tt.want, tt.reason)
 		}
@@ -176,27 +178,64 @@ func TestExtractToken(t *testing.T) {
 }
 
 func FuzzParseConf(f *testing.F) {
-	cfg := testJWKSConfig()
+	cfg := mustConfig(`jwks:
+  providers:
+    - name: kc
+      url: https://idp.example/certs
+    - name: a
+      url: https://idp.example/a/certs
+      issuer: https://idp.example/realms/a
+    - name: b
+      issuer: https://idp.example/realms/b
+      discovery: true
+`)
 	for _, s := range []string{
 		`{"provider":"kc"}`,
 		`{"jwks_url":"https://a/b","issuer":"x","audience":["a"],"algorithms":["ES256"],"leeway":"1s"}`,
 		`{"provider":"kc","token_cookie":"c","claims_to_headers":{"sub":"X-U"},"required_claims":["t"]}`,
 		`{"provider":"kc","audience":"a","token_query":"q"}`,
 		`{"leeway":null,"audience":null}`,
+		`{"providers":["a","b"],"token_sources":["header:Authorization","cookie:at","query:jwt"],"hide_credentials":true}`,
+		`{"provider":"a","claims_to_headers":{"realm_access.roles":"X-Roles"},"forward_payload_header":"X-P","anonymous":true}`,
+		`{"provider":"kc","required_scopes":["a","b"],"required_claim_values":{"t":["x"],"o.t":"y"},"max_lifetime":"1h"}`,
+		`{"provider":"kc","consumer_claim":"azp","bypass_cors_preflight":true,"realm":"shop"}`,
+		`{"provider":"kc","issuer":"","audience":[],"algorithms":[]}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rc, err := parseConf(&cfg, data)
-		if err == nil {
-			if len(rc.provs) == 0 {
-				t.Fatalf("accepted a conf without a provider: %s", data)
+		if err != nil {
+			return
+		}
+		if len(rc.provs) == 0 || len(rc.sources) == 0 || len(rc.algList) == 0 {
+			t.Fatalf("accepted a conf without a provider, a token source or an algorithm: %s", data)
+		}
+		for a := range rc.algs {
+			if !slices.Contains(asymmetric, a) {
+				t.Fatalf("accepted algorithm %q", a)
 			}
-			for a := range rc.algs {
-				if !slices.Contains(asymmetric, a) {
-					t.Fatalf("accepted algorithm %q", a)
-				}
+		}
+		if rc.audience != nil && (len(rc.audience) == 0 || slices.Contains(rc.audience, "")) {
+			t.Fatalf("accepted an empty audience: %s", data)
+		}
+		for _, rp := range rc.provs {
+			if len(rc.provs) > 1 && rp.issuer == "" {
+				t.Fatalf("accepted several providers, one without issuer: %s", data)
 			}
+		}
+		for _, h := range append(slices.Clone(rc.strip), rc.payloadHdr) {
+			if reservedHeaders[h] {
+				t.Fatalf("accepted reserved header %q as a target: %s", h, data)
+			}
+		}
+		for _, v := range []string{rc.authMissing, rc.authInvalid, rc.authScope} {
+			if strings.ContainsAny(v, "\r\n") || !strings.HasPrefix(v, "Bearer") {
+				t.Fatalf("WWW-Authenticate %q from %s", v, data)
+			}
+		}
+		if !slices.Contains(rc.strip, "X-Edge-Consumer") {
+			t.Fatalf("X-Edge-Consumer not stripped: %s", data)
 		}
 	})
 }
@@ -208,9 +247,9 @@ func FuzzExtractToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, auth, cookie, query string, kind uint8) {
 		src := []tokenSource{{kind: fromBearer}, {kind: fromHeader, name: "Authorization"}, {kind: fromCookie, name: "at"}, {kind: fromQuery, name: "q"}}[kind%4]
 		hdr := http.Header{"Authorization": {auth}, "Cookie": {cookie}}
-		tok, why := extractFrom(src, hdr, func() url.Values { return url.Values{"q": {query}} }, 512)
+		tok, why := extractFrom(src, hdr, argsOf(url.Values{"q": {query}}), 512)
 		if why == "" {
-			if len(tok) > 512 || !jwsShape(tok) || strings.Count(tok, ".") != 2 {
+			if len(tok) > 512 || tok == "" || tok != strings.Trim(tok, " \t") {
 				t.Fatalf("accepted %q", tok)
 			}
 		} else if tok != "" {
@@ -231,3 +270,8 @@ func ExampleValidateConf() {
 	// []
 	// [provider: "keycloack" is not in the runner config's jwks.providers (known: keycloak) algorithms[0]: "HS256" is symmetric: a JWKS holds public keys, so HMAC would let anyone sign (algorithm confusion)]
 }
+
+// argsOf is query arguments as a request offers them.
+type argsOf url.Values
+
+func (a argsOf) Args() url.Values { return url.Values(a) }

@@ -157,8 +157,8 @@ func TestRequestFilterV2(t *testing.T) {
 	k := rsKey(t, "rs")
 	tok := sign(t, k, now, map[string]any{
 		"azp": "svc-1", "scope": "openid read:orders", "tenant_id": "acme",
-		"realm_access":    map[string]any{"roles": []string{"admin", "user"}},
-		"resource_access": map[string]any{"shop": map[string]any{"roles": []string{"buyer"}}},
+		"realm_access":       map[string]any{"roles": []string{"admin", "user"}},
+		"resource_access":    map[string]any{"shop": map[string]any{"roles": []string{"buyer"}}},
 		"realm_access.roles": nil,
 	})
 	dotted := sign(t, k, now, map[string]any{"realm_access.roles": "top-level-wins", "realm_access": map[string]any{"roles": "nested"}})
@@ -203,7 +203,7 @@ func TestRequestFilterV2(t *testing.T) {
 			conf: `{"provider":"kc","hide_credentials":true}`, hdr: bearer,
 			upstream: map[string]string{"Authorization": ""}, consumer: "user-1"},
 		{name: "hide_credentials: the one cookie removed, others kept",
-			conf: `{"provider":"kc","token_sources":["cookie:at"],"hide_credentials":true}`,
+			conf:     `{"provider":"kc","token_sources":["cookie:at"],"hide_credentials":true}`,
 			hdr:      http.Header{"Cookie": {"theme=dark; at=" + tok, "lang=en"}},
 			upstream: map[string]string{"Cookie": "theme=dark; lang=en"}, consumer: "user-1"},
 		{name: "hide_credentials: a lone cookie leaves no Cookie header",

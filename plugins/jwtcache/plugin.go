@@ -199,14 +199,6 @@ func (m *JWTCache) ParseConf(in []byte) (any, error) {
 		} else if rp.prov, err = m.inlineProvider(rc.jwksURL); err != nil {
 			return nil, err
 		}
-		opts := []jwt.ParserOption{jwt.WithLeeway(rc.leeway), jwt.WithIssuedAt(), jwt.WithExpirationRequired(), jwt.WithTimeFunc(m.now)}
-		if rp.issuer != "" {
-			opts = append(opts, jwt.WithIssuer(rp.issuer))
-		}
-		if len(rc.audience) > 0 {
-			opts = append(opts, jwt.WithAudience(rc.audience...))
-		}
-		rp.validator = jwt.NewValidator(opts...)
 	}
 	rc.parser = jwt.NewParser(jwt.WithValidMethods(rc.algList), jwt.WithJSONNumber(), jwt.WithoutClaimsValidation())
 	return rc, nil
@@ -248,7 +240,7 @@ func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Requ
 		m.passUnauthenticated(rc, hdr, reasonPreflight)
 		return
 	}
-	tok, src, why := extractToken(rc.sources, view, r.Args, m.cfg.MaxTokenSize)
+	tok, src, why := extractToken(rc.sources, view, r, m.cfg.MaxTokenSize)
 	if why == reasonMissingToken && rc.anonymous {
 		m.passUnauthenticated(rc, hdr, reasonAnonymous)
 		return
@@ -263,7 +255,7 @@ func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Requ
 		return
 	}
 	if rc.hide {
-		hideToken(src, hdr, r.Args)
+		hideToken(src, hdr, r)
 	}
 	// Hygiene first: whatever the client sent under these names is gone,
 	// even when the claim is absent.

@@ -152,7 +152,7 @@ func reject(r reason) verdict {
 
 // verify checks token for the route: from the cache when this token's
 // signature was verified before with a key still in the JWKS, else by a
-// full parse. Claims are validated on both paths by the same validator.
+// full parse. Claims are validated on both paths by the same checks.
 // With several providers, a cached token is found under the provider that
 // verified it; otherwise its (unverified) iss selects the provider, whose
 // validator then requires that very iss.
@@ -173,6 +173,9 @@ func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 			return m.checkClaims(rc, rp, e.alg, e.claims)
 		}
 	}
+	if !jwsShape(token) {
+		return reject(reasonMalformed)
+	}
 	iss, ok := unverifiedIssuer(token)
 	if !ok {
 		return reject(reasonMalformed)
@@ -189,6 +192,21 @@ func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, token string, hash [32]byte, now time.Time) verdict {
 	p := rp.prov
 	ks := p.current(now)
+	key := cacheKey{prov: p.id, hash: hash}
+	if ks != nil {
+		if e, ok := m.cache.Get(key); ok {
+			if m.entryValid(e, ks, now) {
+				m.hits.Inc()
+				return m.checkClaims(rc, rp, e.alg, e.claims)
+			}
+			m.cache.Remove(key)
+		}
+	}
+	// Not a token verified before: check its shape (three base64url
+	// segments) before anything decodes it.
+	if !jwsShape(token) {
+		return reject(reasonMalformed)
+	}
 	if ks == nil && p.set.Load() == nil {
 		p.waitFirst(m.cfg.FirstFetchWait.D())
 		now = m.now()
@@ -196,14 +214,6 @@ func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, token string, hash [
 	}
 	if ks == nil {
 		return reject(reasonKeysUnavailable)
-	}
-	key := cacheKey{prov: p.id, hash: hash}
-	if e, ok := m.cache.Get(key); ok {
-		if m.entryValid(e, ks, now) {
-			m.hits.Inc()
-			return m.checkClaims(rc, rp, e.alg, e.claims)
-		}
-		m.cache.Remove(key)
 	}
 	m.misses.Inc()
 
@@ -265,8 +275,8 @@ func (m *JWTCache) checkClaims(rc *routeConf, rp *routeProv, alg string, claims 
 	if !rc.algs[alg] {
 		return reject(reasonBadAlg) // verified for a route that allows more algorithms
 	}
-	if err := rp.validator.Validate(claims); err != nil {
-		return reject(claimsReason(err))
+	if r := m.validate(rc, rp, claims); r != "" {
+		return reject(r)
 	}
 	if rc.maxLifetime > 0 {
 		if claims.iat == nil || claims.exp == nil {
@@ -408,26 +418,47 @@ func parseReason(rc *routeConf, tok *jwt.Token, err error) reason {
 	return reasonMalformed
 }
 
-// claimsReason maps a validator error (possibly several joined) to one
-// reason, the most telling first.
-func claimsReason(err error) reason {
-	for _, c := range []struct {
-		err error
-		r   reason
-	}{
-		{jwt.ErrInvalidType, reasonMalformed},
-		{jwt.ErrTokenExpired, reasonExpired},
-		{jwt.ErrTokenNotValidYet, reasonNotYetValid},
-		{jwt.ErrTokenUsedBeforeIssued, reasonIssuedInFuture},
-		{jwt.ErrTokenInvalidIssuer, reasonBadIssuer},
-		{jwt.ErrTokenInvalidAudience, reasonBadAudience},
-		{jwt.ErrTokenRequiredClaimMissing, reasonMissingClaim},
-	} {
-		if errors.Is(err, c.err) {
-			return c.r
+// validate checks the registered claims as golang-jwt's Validator does
+// (exp required, nbf, iat, iss, aud, each with the leeway), without its
+// per-call allocation: it runs on every cache hit. When several fail, the
+// reason is the most telling: a claim of the wrong type, then exp, nbf,
+// iat, iss, aud, and last a missing exp, iss or aud.
+func (m *JWTCache) validate(rc *routeConf, rp *routeProv, c *verifiedClaims) reason {
+	now, leeway := m.now(), rc.leeway
+	if c.expErr != nil || c.nbfErr != nil || c.iatErr != nil || (rp.issuer != "" && c.issErr != nil) || (len(rc.audience) > 0 && c.audErr != nil) {
+		return reasonMalformed
+	}
+	missing := false
+	if c.exp == nil {
+		missing = true
+	} else if !now.Before(c.exp.Add(leeway)) {
+		return reasonExpired
+	}
+	if c.nbf != nil && now.Before(c.nbf.Add(-leeway)) {
+		return reasonNotYetValid
+	}
+	if c.iat != nil && now.Before(c.iat.Add(-leeway)) {
+		return reasonIssuedInFuture
+	}
+	if rp.issuer != "" {
+		if c.iss == "" {
+			missing = true
+		} else if c.iss != rp.issuer {
+			return reasonBadIssuer
 		}
 	}
-	return reasonMalformed
+	if len(rc.audience) > 0 {
+		switch {
+		case len(c.aud) == 0 || len(c.aud) == 1 && c.aud[0] == "":
+			missing = true
+		case !slices.ContainsFunc(c.aud, func(a string) bool { return slices.Contains(rc.audience, a) }):
+			return reasonBadAudience
+		}
+	}
+	if missing {
+		return reasonMissingClaim
+	}
+	return ""
 }
 
 // claimHeaderValue renders a claim for an upstream header. Values with
