@@ -574,8 +574,9 @@ func TestDelayedSyncTwoRunners(t *testing.T) {
 			clk := newClock()
 			clk.t = midnight
 			conf := `{"limit":100,"window":"1h","algorithm":"` + alg + `","sync_interval":"1m","name":"sync-` + alg + `"}`
-			a := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(clk.now))
-			b := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(clk.now))
+			slow := func(r *Config) { r.Timeout = core.Duration(time.Second) } // a busy test host
+			a := newEnv(t, redisCfg(t, rd.Addr(), slow), WithClock(clk.now))
+			b := newEnv(t, redisCfg(t, rd.Addr(), slow), WithClock(clk.now))
 			ca, cb := mustConf(t, conf), mustConf(t, conf)
 			const k = 15
 			admitted := 0
@@ -612,7 +613,7 @@ func TestDelayedSyncTwoRunners(t *testing.T) {
 				t.Fatalf("got Redis counter %q, want a count of %d", v, admitted)
 			}
 			// A runner that starts now reads the total before its first decision.
-			c3 := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(clk.now))
+			c3 := newEnv(t, redisCfg(t, rd.Addr(), slow), WithClock(clk.now))
 			if res := c3.do(mustConf(t, conf), newReq("192.0.2.1")); res.status != 429 {
 				t.Fatalf("a new runner: got %d, want 429 (the window is full)", res.status)
 			}
