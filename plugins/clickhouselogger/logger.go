@@ -71,6 +71,8 @@ type Logger struct {
 	hardCancel context.CancelFunc
 
 	fl flusher // the flusher goroutine's own state
+
+	in *ingest // the http-logger listener (ingest.go); nil when off
 }
 
 var _ core.Module = (*Logger)(nil)
@@ -93,6 +95,9 @@ func New(cfg Config, deps core.Deps) *Logger {
 	}
 	l.hard, l.hardCancel = context.WithCancel(context.Background())
 	l.m = newMetrics(deps.Metrics, l)
+	if cfg.Ingest.Enabled() {
+		l.in = newIngest(l)
+	}
 	l.backend = deps.Status.Backend(BackendName)
 	deps.Status.Plugin(Name, func() any { return l.Snapshot() })
 	return l
@@ -264,6 +269,9 @@ func (l *Logger) Start(ctx context.Context) {
 		return
 	}
 	go l.run(ctx)
+	if l.in != nil {
+		l.in.start(ctx)
+	}
 }
 
 // Shutdown implements core.Module: it stops accepting rows and flushes what
@@ -271,6 +279,11 @@ func (l *Logger) Start(ctx context.Context) {
 // be inserted by then are spooled if the spool is on, else dropped and
 // counted (reason shutdown).
 func (l *Logger) Shutdown(ctx context.Context) error {
+	if l.in != nil {
+		// First the ingest: the batches being read reach the queue before
+		// it closes.
+		l.in.stop(ctx)
+	}
 	l.q.close()
 	by := time.Now().Add(l.cfg.ShutdownFlush.D())
 	if dl, ok := ctx.Deadline(); ok && dl.Add(-250*time.Millisecond).Before(by) {
@@ -311,6 +324,9 @@ type Snapshot struct {
 	// CompositeMisses counts requests whose composite variable was absent
 	// or malformed (fields were then fetched one by one).
 	CompositeMisses uint64 `json:"composite_misses"`
+	// Ingest are the counters of the http-logger listener; absent when it
+	// is off.
+	Ingest *IngestSnapshot `json:"ingest,omitempty"`
 }
 
 // Snapshot returns the counters. Read while traffic flows, the identity may
@@ -332,6 +348,9 @@ func (l *Logger) Snapshot() Snapshot {
 	if sp := l.spool.Load(); sp != nil {
 		s.SpoolRows = sp.rows.Load()
 		s.SpoolInherited = sp.inherited.Load()
+	}
+	if l.in != nil {
+		s.Ingest = l.in.snapshot()
 	}
 	return s
 }

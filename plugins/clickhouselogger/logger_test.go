@@ -77,6 +77,9 @@ func testConfig(t testing.TB, yaml string) Config {
 	if err := core.DecodeYAML([]byte("clickhouse:\n"+yaml), nil, &doc); err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(yaml, "ingest:") {
+		doc.C.Ingest.Listen = "off" // tests that want the listener say so
+	}
 	doc.C.ApplyDefaults()
 	if err := errors.Join(doc.C.Validate()...); err != nil {
 		t.Fatal(err)
