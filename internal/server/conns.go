@@ -358,39 +358,46 @@ func (c *conn) readFrame(between bool) (typ byte, body []byte, charged int64, er
 	}
 	body, charged, err = c.readLarge(n)
 	if err != nil {
-		c.s.budget.give(charged)
 		return 0, nil, 0, err
 	}
 	c.endFrame()
 	return typ, body, charged, nil
 }
 
-// readLarge reads an n-byte body into a buffer that starts at 64 KiB and
-// doubles as bytes arrive.
+// readLarge reads an n-byte body into chunks taken from the budget as
+// bytes arrive, then, once whole, copies it into one contiguous buffer
+// (charged is its size, for the caller to give back) and returns the
+// chunks to the free list.
 func (c *conn) readLarge(n int) ([]byte, int64, error) {
 	c.startFrame(n)
-	var charged int64
-	buf := []byte(nil)
-	for len(buf) < n {
-		if len(buf) == cap(buf) {
-			grow := min(max(2*cap(buf), 64<<10), n)
-			if !c.s.budget.take(int64(grow - cap(buf))) {
-				c.s.m.refused.WithLabelValues("frame_memory").Inc()
-				c.s.m.event("refused:frame_memory", "frame refused: max_frame_memory reached, connection closed", nil)
-				return nil, charged, errBudget
-			}
-			charged += int64(grow - cap(buf))
-			nb := make([]byte, len(buf), grow)
-			copy(nb, buf)
-			buf = nb
+	var chunks [][]byte
+	defer func() { c.s.budget.putChunks(chunks) }()
+	for got := 0; got < n; {
+		ch, ok := c.s.budget.chunk()
+		if !ok {
+			return nil, 0, c.refuseMemory()
 		}
-		k, err := c.read(buf[len(buf):min(cap(buf), n)])
-		buf = buf[:len(buf)+k]
-		if err != nil {
-			return nil, charged, err
+		chunks = append(chunks, ch)
+		want := min(chunkSize, n-got)
+		if err := c.readFull(ch[:want]); err != nil {
+			return nil, 0, err
 		}
+		got += want
 	}
-	return buf, charged, nil
+	if !c.s.budget.take(int64(n)) {
+		return nil, 0, c.refuseMemory()
+	}
+	buf := make([]byte, 0, n)
+	for _, ch := range chunks {
+		buf = append(buf, ch[:min(chunkSize, n-len(buf))]...)
+	}
+	return buf, int64(n), nil
+}
+
+func (c *conn) refuseMemory() error {
+	c.s.m.refused.WithLabelValues("frame_memory").Inc()
+	c.s.m.event("refused:frame_memory", "frame refused: max_frame_memory reached, connection closed", nil)
+	return errBudget
 }
 
 // startFrame arms the frame deadline unless the next need bytes are

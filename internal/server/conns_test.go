@@ -484,7 +484,7 @@ func TestStalledHalfFramesAreReleased(t *testing.T) {
 	go func() {
 		defer close(watched)
 		for {
-			if u := ts.budget.used.Load(); u > peak.Load() {
+			if u := ts.budget.inUse(); u > peak.Load() {
 				peak.Store(u)
 			}
 			select {
@@ -516,7 +516,7 @@ func TestStalledHalfFramesAreReleased(t *testing.T) {
 	if p := peak.Load(); p > lim.MaxFrameMemory {
 		t.Errorf("frame memory peak: got %d, want at most %d", p, lim.MaxFrameMemory)
 	}
-	if u := ts.budget.used.Load(); u != 0 {
+	if u := ts.budget.inUse(); u != 0 {
 		t.Errorf("frame memory after the connections closed: got %d, want 0", u)
 	}
 	refused := testutil.ToFloat64(ts.m.refused.WithLabelValues("frame_memory"))

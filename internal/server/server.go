@@ -142,8 +142,8 @@ func Run(opts Options) error {
 		}, func() float64 { return float64(conns.open()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: core.Namespace, Name: "rpc_frame_memory_bytes",
-			Help: "Bytes held by large frames still arriving (bounded by rpc.max_frame_memory).",
-		}, func() float64 { return float64(conns.budget.used.Load()) }),
+			Help: "Bytes of large frames held or kept for reuse (bounded by rpc.max_frame_memory).",
+		}, func() float64 { return float64(conns.budget.inUse()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: core.Namespace, Name: "rpc_confs",
 			Help: "Prepared confs held (bounded by rpc.max_confs).",
