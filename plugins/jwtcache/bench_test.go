@@ -30,7 +30,10 @@ func benchFilter(b *testing.B, m *JWTCache, rc *routeConf, method string, h http
 	reset := func() {
 		r.reset(h)
 		if args != nil {
-			r.args = url.Values{}
+			if r.args == nil {
+				r.args = url.Values{}
+			}
+			clear(r.args)
 			for k, v := range args {
 				r.args[k] = v
 			}

@@ -1,0 +1,212 @@
+package e2e
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apisix-edge/edge-runner/testbed"
+	"github.com/apisix-edge/edge-runner/testbed/idp"
+)
+
+// TestJWTTokenSourcesAndHideCredentials: the first source present wins,
+// and with hide_credentials the upstream never sees the token where it
+// came from (the other cookies and arguments stay).
+func TestJWTTokenSourcesAndHideCredentials(t *testing.T) {
+	idp := jwtNewIdP(t, jwtRS("rs-1", 0))
+	e := jwtStart(t, "  providers:\n"+jwtProvider("main", idp.URL, ""), testbed.RunnerOptions{})
+	jwtWaitFetched(t, idp, 1)
+	tok := jwtSign(t, jwtRS("rs-1", 0), nil)
+	hide := jwtRoute("hide", `{"provider":"main","token_sources":["header:Authorization","cookie:at","query:jwt"],"hide_credentials":true}`)
+	keep := jwtRoute("keep", `{"provider":"main","token_sources":["header:Authorization","cookie:at","query:jwt"]}`)
+	tests := []struct {
+		name   string
+		route  *testbed.Route
+		req    *testbed.Request
+		status int
+		auth   string // upstream Authorization
+		cookie string // upstream Cookie
+		args   string // upstream query
+	}{
+		{"bearer hidden", hide, &testbed.Request{Headers: http.Header{"Authorization": {"Bearer " + tok}, "Cookie": {"theme=dark"}}, Args: url.Values{"page": {"2"}}},
+			200, "", "theme=dark", "page=2"},
+		{"cookie hidden, other cookies kept", hide, &testbed.Request{Headers: http.Header{"Cookie": {"theme=dark; at=" + tok + "; lang=en"}}},
+			200, "", "theme=dark; lang=en", ""},
+		{"query hidden, other arguments kept", hide, &testbed.Request{Args: url.Values{"jwt": {tok}, "page": {"2"}}},
+			200, "", "", "page=2"},
+		{"default keeps the token", keep, &testbed.Request{Args: url.Values{"jwt": {tok}}},
+			200, "", "", "jwt=" + tok},
+		{"first present wins: an invalid cookie is not skipped", keep, &testbed.Request{Headers: http.Header{"Cookie": {"at=garbage"}}, Args: url.Values{"jwt": {tok}}},
+			401, "", "", ""},
+		{"Basic is no bearer token: the cookie counts", keep, &testbed.Request{Headers: http.Header{"Authorization": {"Basic dTpw"}, "Cookie": {"at=" + tok}}},
+			200, "Basic dTpw", "at=" + tok, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := do(t, e.g, tt.route, tt.req)
+			if res.Status != tt.status {
+				t.Fatalf("got %d (%s), want %d", res.Status, res.Body, tt.status)
+			}
+			if tt.status != 200 {
+				return
+			}
+			up := res.Upstream
+			if got := up.Headers.Get("Authorization"); got != tt.auth {
+				t.Errorf("upstream Authorization: got %q, want %q", got, tt.auth)
+			}
+			if got := up.Headers.Get("Cookie"); got != tt.cookie {
+				t.Errorf("upstream Cookie: got %q, want %q", got, tt.cookie)
+			}
+			if got := up.Args.Encode(); got != tt.args {
+				t.Errorf("upstream args: got %q, want %q", got, tt.args)
+			}
+			if got := up.Headers.Get("X-Edge-Consumer"); got != "user-1" {
+				t.Errorf("upstream X-Edge-Consumer: got %q, want user-1", got)
+			}
+		})
+	}
+}
+
+// TestJWTAnonymousAndClaimRules: anonymous routes pass without a token but
+// never with a bad one, spoofed claim headers are removed; scopes, claim
+// values, nested claims, the payload header and the realm reach the client
+// and the upstream as documented.
+func TestJWTAnonymousAndClaimRules(t *testing.T) {
+	idp := jwtNewIdP(t, jwtRS("rs-1", 0))
+	e := jwtStart(t, "  providers:\n"+jwtProvider("main", idp.URL, ""), testbed.RunnerOptions{})
+	jwtWaitFetched(t, idp, 1)
+	claims := map[string]any{"scope": "openid orders:read", "tenant_id": "acme", "azp": "svc-7",
+		"realm_access": map[string]any{"roles": []string{"admin"}}}
+	tok := jwtSign(t, jwtRS("rs-1", 0), claims)
+	anon := jwtRoute("anon", `{"provider":"main","anonymous":true,"claims_to_headers":{"tenant_id":"X-Tenant-ID"}}`)
+	rules := jwtRoute("rules", `{"provider":"main","realm":"shop","required_scopes":["orders:read"],`+
+		`"required_claim_values":{"tenant_id":["globex","acme"]},"claims_to_headers":{"realm_access.roles":"X-Roles"},`+
+		`"forward_payload_header":"X-JWT-Payload","consumer_claim":"azp","max_lifetime":"1h"}`)
+	writeScope := jwtRoute("write", `{"provider":"main","realm":"shop","required_scopes":["orders:write"]}`)
+	spoof := http.Header{"X-Tenant-ID": {"t-evil"}, "X-Edge-Consumer": {"admin"}}
+
+	res := do(t, e.g, anon, &testbed.Request{Headers: spoof})
+	if res.Status != 200 || res.Upstream.Headers.Get("X-Tenant-Id") != "" || res.Upstream.Headers.Get("X-Edge-Consumer") != "" {
+		t.Errorf("anonymous without token: got %d, upstream %v, want 200 with the spoofed headers removed", res.Status, res.Upstream)
+	}
+	if res := do(t, e.g, anon, jwtBearer("a.b.c")); res.Status != 401 || res.UpstreamCalled {
+		t.Errorf("anonymous with an invalid token: got %d, want 401", res.Status)
+	}
+	if res := do(t, e.g, anon, jwtBearer(tok)); res.Status != 200 || res.Upstream.Headers.Get("X-Tenant-Id") != "acme" {
+		t.Errorf("anonymous with a valid token: got %d, want 200 with X-Tenant-ID acme", res.Status)
+	}
+
+	res = do(t, e.g, rules, jwtBearer(tok))
+	if res.Status != 200 {
+		t.Fatalf("claim rules met: got %d (%s), want 200", res.Status, res.Body)
+	}
+	up := res.Upstream.Headers
+	payload := strings.Split(tok, ".")[1]
+	for h, want := range map[string]string{"X-Roles": `["admin"]`, "X-Jwt-Payload": payload, "X-Edge-Consumer": "svc-7"} {
+		if got := up.Get(h); got != want {
+			t.Errorf("upstream %s: got %q, want %q", h, got, want)
+		}
+	}
+	res = do(t, e.g, writeScope, jwtBearer(tok))
+	if want := `Bearer realm="shop", error="insufficient_scope", scope="orders:write"`; res.Status != 403 || res.Headers.Get("WWW-Authenticate") != want {
+		t.Errorf("missing scope: got %d %q, want 403 %q", res.Status, res.Headers.Get("WWW-Authenticate"), want)
+	}
+	if res := do(t, e.g, rules, jwtBearer(jwtSign(t, jwtRS("rs-1", 0), map[string]any{"scope": "orders:read", "tenant_id": "initech"}))); res.Status != 403 {
+		t.Errorf("tenant not listed: got %d, want 403", res.Status)
+	}
+	if res := do(t, e.g, rules, &testbed.Request{}); res.Status != 401 || res.Headers.Get("WWW-Authenticate") != `Bearer realm="shop"` {
+		t.Errorf("no token: got %d %q, want 401 Bearer realm=\"shop\"", res.Status, res.Headers.Get("WWW-Authenticate"))
+	}
+	preflight := jwtRoute("cors", `{"provider":"main","bypass_cors_preflight":true}`)
+	if res := do(t, e.g, preflight, &testbed.Request{Method: "OPTIONS", Headers: http.Header{"Origin": {"https://app"}, "Access-Control-Request-Method": {"POST"}}}); res.Status != 200 {
+		t.Errorf("CORS preflight: got %d, want 200", res.Status)
+	}
+}
+
+// TestJWTMultiProviderAndDiscovery: two realms on one IdP, one provider by
+// URL and one by OpenID discovery; the token's iss selects, an unknown iss
+// and a key of the other realm are 401.
+func TestJWTMultiProviderAndDiscovery(t *testing.T) {
+	jwtGenKeys()
+	s := jwtNewIdP(t)
+	ka, kb := jwtRS("ka", 0), jwtES("kb")
+	ra, err := s.AddRealm("tenant-a", ka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := s.AddRealm("tenant-b", kb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := jwtStart(t, "  providers:\n"+
+		jwtProvider("ta", ra.URL(), "      issuer: "+ra.Issuer()+"\n")+
+		"    - name: tb\n      issuer: "+rb.Issuer()+"\n      discovery: true\n", testbed.RunnerOptions{})
+	eventually(t, 5*time.Second, "both realms fetched", func() bool {
+		return s.HitsOf("/realms/tenant-a/protocol/openid-connect/certs") >= 1 && s.HitsOf("/realms/tenant-b/protocol/openid-connect/certs") >= 1
+	})
+	if st, detail := e.jwtStatus(t, "jwks:tb"); st != "ok" || detail["jwks_uri"] != rb.URL() {
+		t.Fatalf("discovery provider: got %s %v, want ok with jwks_uri %s", st, detail, rb.URL())
+	}
+	route := jwtRoute("multi", `{"providers":["ta","tb"],"audience":"api"}`)
+	sign := func(k *idp.Key, iss, sub string) string {
+		tok, err := k.Sign(idp.Claims(sub, iss, "api", time.Now(), nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	tests := []struct {
+		name   string
+		token  string
+		status int
+		user   string
+	}{
+		{"realm a", sign(ka, ra.Issuer(), "alice"), 200, "alice"},
+		{"realm b (discovered)", sign(kb, rb.Issuer(), "bob"), 200, "bob"},
+		{"realm a again (cached)", sign(ka, ra.Issuer(), "alice"), 200, "alice"},
+		{"unknown issuer", sign(ka, "https://evil.test/realms/x", "eve"), 401, ""},
+		{"a's key claiming b's issuer", sign(ka, rb.Issuer(), "eve"), 401, ""},
+	}
+	for _, tt := range tests {
+		res := do(t, e.g, route, jwtBearer(tt.token))
+		if res.Status != tt.status {
+			t.Errorf("%s: got %d (%s), want %d", tt.name, res.Status, res.Body, tt.status)
+			continue
+		}
+		if tt.status == 200 && res.Upstream.Headers.Get("X-Edge-Consumer") != tt.user {
+			t.Errorf("%s: upstream consumer %q, want %q", tt.name, res.Upstream.Headers.Get("X-Edge-Consumer"), tt.user)
+		}
+	}
+}
+
+// TestJWTURLSecretNotShown (issue 15, hole 1): a JWKS URL with credentials
+// and an access_token, failing: neither /status nor the runner's log shows
+// them.
+func TestJWTURLSecretNotShown(t *testing.T) {
+	s := jwtNewIdP(t, jwtRS("rs-1", 0))
+	u, _ := url.Parse(s.URL)
+	u.User = url.UserPassword("svc-user", "pw-SECRET")
+	u.RawQuery = "access_token=TOKEN-SECRET"
+	if err := s.Down(); err != nil {
+		t.Fatal(err)
+	}
+	e := jwtStart(t, "  providers:\n"+jwtProvider("main", u.String(), "      refresh_interval: 1s\n"), testbed.RunnerOptions{})
+	eventually(t, 5*time.Second, "fetch failure reported", func() bool {
+		st, _ := e.jwtStatus(t, "jwks:main")
+		return st == "down"
+	})
+	_, status := get(t, e.admin+"/status")
+	if !strings.Contains(status, "last_error") {
+		t.Fatalf("/status: got %s, want a last_error", status)
+	}
+	time.Sleep(1500 * time.Millisecond) // a retry or two, logged
+	for where, text := range map[string]string{"/status": status, "runner log": e.r.Output()} {
+		for _, secret := range []string{"svc-user", "pw-SECRET", "TOKEN-SECRET", "access_token"} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s shows %q:\n%s", where, secret, text)
+			}
+		}
+	}
+}
