@@ -269,8 +269,9 @@ func produce(t testing.TB, l *Logger, conf any, from, n int) {
 // TestClusterFailoverKill: instance 1 is killed under load just before a
 // batch is sent to it: that batch and every later one go to instance 2,
 // nothing is dropped, the accounting is exact, /status names the server
-// down; once instance 1 is back it is probed and takes batches again, and
-// after the Distributed queues are flushed the shards hold every row once.
+// down; once instance 1 is back it is pinged (the state recovers without
+// traffic) and takes batches again, and after the Distributed queues are
+// flushed the shards hold every row once.
 func TestClusterFailoverKill(t *testing.T) {
 	t.Parallel()
 	backing.MustRequire(t, backing.ClickHouseServer)
@@ -324,6 +325,8 @@ func TestClusterFailoverKill(t *testing.T) {
 	if err := victim.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// Without traffic: the background ping finds it, the state recovers.
+	waitUntil(t, "backend ok again without traffic", func() bool { return l.backend.State() == core.StateOK })
 	okA := ins[addrA]["ok"]
 	next := first
 	for insertCounts(t, reg)[addrA]["ok"] == okA {

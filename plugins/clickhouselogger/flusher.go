@@ -36,6 +36,10 @@ type flusher struct {
 	fileFailures map[string]int // spool files the server refused, by name
 	lastDropped  uint64         // drops already reported in the log
 
+	// partial: the backend is degraded only because some servers of
+	// clickhouse.addrs are down while others take the batches.
+	partial bool
+
 	// beforeInsert, tests only, is handed to the client (chClient's).
 	beforeInsert func(addr string)
 }
@@ -130,6 +134,9 @@ func (l *Logger) tick() {
 		l.probe()
 	} else if f.client != nil {
 		f.client.probeDue() // servers down while others take the batches
+		if f.partial && f.client.outage() == nil {
+			l.markUp() // they are back, with or without traffic
+		}
 	}
 	l.replay()
 	l.updateStatus()
@@ -162,8 +169,10 @@ func (l *Logger) markUp() {
 	f := &l.fl
 	f.down = false
 	f.probeWait = l.cfg.Retries.Backoff.D()
+	f.partial = false
 	if err := f.client.outage(); err != nil {
 		// Other servers of clickhouse.addrs take the batches.
+		f.partial = true
 		l.backend.Set(core.StateDegraded, err)
 		return
 	}
@@ -173,6 +182,7 @@ func (l *Logger) markUp() {
 func (l *Logger) markDown(err error) {
 	f := &l.fl
 	f.down = true
+	f.partial = false
 	f.nextProbe = time.Now().Add(f.probeWait)
 	f.probeWait = min(2*f.probeWait, l.cfg.Retries.MaxBackoff.D())
 	l.backend.Set(core.StateDown, err)
@@ -281,6 +291,7 @@ func (l *Logger) insertRetry(table string, rows []row, attempts int) error {
 		switch {
 		case permanent(err):
 			// The server answers but refuses the rows: it is not down.
+			f.partial = false
 			l.backend.Set(core.StateDegraded, err)
 			return err
 		case last:
@@ -290,6 +301,7 @@ func (l *Logger) insertRetry(table string, rows []row, attempts int) error {
 			if l.backend.State() == core.StateOK || l.backend.State() == core.StateUnknown {
 				l.backend.Set(core.StateDegraded, err)
 			}
+			f.partial = false
 		}
 		if f.stopping {
 			return err
