@@ -261,14 +261,16 @@ func FuzzExtractToken(f *testing.F) {
 func ExampleValidateConf() {
 	cfg := mustConfig("jwks:\n  providers:\n    - name: keycloak\n      url: https://kc.example/realms/main/protocol/openid-connect/certs\n")
 	for _, conf := range []string{
-		`{"provider":"keycloak","audience":"api","claims_to_headers":{"sub":"X-User-ID"}}`,
+		`{"provider":"keycloak","audience":"api","claims_to_headers":{"sub":"X-User-ID","realm_access.roles":"X-Roles"},"hide_credentials":true}`,
 		`{"provider":"keycloack","algorithms":["HS256"]}`,
+		`{"provider":"keycloak","audience":[],"token_sources":["body:token"],"required_scopes":["a b"]}`,
 	} {
 		fmt.Println(core.Problems(ValidateConf(&cfg, []byte(conf))))
 	}
 	// Output:
 	// []
 	// [provider: "keycloack" is not in the runner config's jwks.providers (known: keycloak) algorithms[0]: "HS256" is symmetric: a JWKS holds public keys, so HMAC would let anyone sign (algorithm confusion)]
+	// [audience: must not be empty: leave it out to not check aud token_sources[0]: must start with "header:", "cookie:" or "query:", got "body:token" required_scopes[0]: must be a scope token (RFC 6749 3.3: printable ASCII, no space, quote or backslash), got "a b"]
 }
 
 // argsOf is query arguments as a request offers them.

@@ -1,6 +1,7 @@
 package jwtcache
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -34,4 +35,11 @@ func TestInlineProvider(t *testing.T) {
 	if p.Name != "inline" || p.RefreshInterval.D() != DefaultJWKSRefreshInterval || p.MaxStale.D() != DefaultJWKSMaxStale || p.SnapshotFile != "" {
 		t.Fatalf("got %+v, want every default and no snapshot", p)
 	}
+}
+
+func ExampleProviderConfig_DiscoveryURL() {
+	p := ProviderConfig{Name: "tenant-a", Issuer: "https://kc.example/realms/tenant-a", Discovery: true}
+	fmt.Println(p.DiscoveryURL())
+	// Output:
+	// https://kc.example/realms/tenant-a/.well-known/openid-configuration
 }
