@@ -99,41 +99,71 @@ const (
 	asSecondsN              // nginx's list of seconds ("0.001, 0.002 : 0.003"), summed, in ms
 )
 
-// topKeys are the entry keys the runner understands: the default entry's
-// and the log_format keys of docs/clickhouselogger.md.
-var topKeys = map[string]target{
-	// both
-	"route_id":   {str: fRouteID + 1},
-	"service_id": {str: fServiceID + 1},
-	// the default entry
-	"client_ip":        {str: fClientIP + 1},
-	"upstream":         {str: fUpstreamAddr + 1},
-	"latency":          {num: nLatencyMs + 1, scale: asMs},
-	"upstream_latency": {num: nUpstreamMs + 1, scale: asMs},
-	"apisix_latency":   {num: nApisixMs + 1, scale: asMs},
-	"start_time":       {num: nTimeMs + 1, scale: asInt},
-	// log_format
-	"method":                 {str: fMethod + 1},
-	"host":                   {str: fHost + 1},
-	"uri":                    {str: fPath + 1},
-	"status":                 {num: nStatus + 1, scale: asInt},
-	"request_time":           {num: nLatencyMs + 1, scale: asSeconds},
-	"upstream_response_time": {num: nUpstreamMs + 1, scale: asSecondsN},
-	"remote_addr":            {str: fClientIP + 1},
-	"user_agent":             {str: fUserAgent + 1},
-	"request_id":             {str: fRequestID + 1},
-	"x_request_id":           {str: fXRequestID + 1},
-	"tenant":                 {str: fTenant + 1},
-	"consumer":               {str: fConsumer + 1},
-	"consumer_sealed":        {str: fSealed + 1},
-	"rl_status":              {str: fRLStatus + 1},
-	"rl_limit":               {num: nRLLimit + 1, scale: asInt},
-	"rl_remaining":           {num: nRLRemaining + 1, scale: asInt},
-	"retry_after":            {num: nRetryAfter + 1, scale: asInt},
-	"bytes_sent":             {num: nBytesSent + 1, scale: asInt},
-	"request_length":         {num: nRequestLen + 1, scale: asInt},
-	"upstream_addr":          {str: fUpstreamAddr + 1},
-	"msec":                   {num: nTimeMs + 1, scale: asSeconds},
+// topKey returns where the value of an entry key goes: the keys the
+// runner understands, of the default entry and of the log_format of
+// docs/clickhouselogger.md. A switch, not a map: no hashing per key.
+func topTarget(key []byte) (target, bool) {
+	switch string(key) {
+	case "route_id":
+		return target{str: fRouteID + 1}, true
+	case "service_id":
+		return target{str: fServiceID + 1}, true
+	case "client_ip":
+		return target{str: fClientIP + 1}, true
+	case "upstream":
+		return target{str: fUpstreamAddr + 1}, true
+	case "latency":
+		return target{num: nLatencyMs + 1, scale: asMs}, true
+	case "upstream_latency":
+		return target{num: nUpstreamMs + 1, scale: asMs}, true
+	case "apisix_latency":
+		return target{num: nApisixMs + 1, scale: asMs}, true
+	case "start_time":
+		return target{num: nTimeMs + 1, scale: asInt}, true
+	case "method":
+		return target{str: fMethod + 1}, true
+	case "host":
+		return target{str: fHost + 1}, true
+	case "uri":
+		return target{str: fPath + 1}, true
+	case "status":
+		return target{num: nStatus + 1, scale: asInt}, true
+	case "request_time":
+		return target{num: nLatencyMs + 1, scale: asSeconds}, true
+	case "upstream_response_time":
+		return target{num: nUpstreamMs + 1, scale: asSecondsN}, true
+	case "remote_addr":
+		return target{str: fClientIP + 1}, true
+	case "user_agent":
+		return target{str: fUserAgent + 1}, true
+	case "request_id":
+		return target{str: fRequestID + 1}, true
+	case "x_request_id":
+		return target{str: fXRequestID + 1}, true
+	case "tenant":
+		return target{str: fTenant + 1}, true
+	case "consumer":
+		return target{str: fConsumer + 1}, true
+	case "consumer_sealed":
+		return target{str: fSealed + 1}, true
+	case "rl_status":
+		return target{str: fRLStatus + 1}, true
+	case "rl_limit":
+		return target{num: nRLLimit + 1, scale: asInt}, true
+	case "rl_remaining":
+		return target{num: nRLRemaining + 1, scale: asInt}, true
+	case "retry_after":
+		return target{num: nRetryAfter + 1, scale: asInt}, true
+	case "bytes_sent":
+		return target{num: nBytesSent + 1, scale: asInt}, true
+	case "request_length":
+		return target{num: nRequestLen + 1, scale: asInt}, true
+	case "upstream_addr":
+		return target{str: fUpstreamAddr + 1}, true
+	case "msec":
+		return target{num: nTimeMs + 1, scale: asSeconds}, true
+	}
+	return target{}, false
 }
 
 // span is a value in the arena; end 0 means absent.
@@ -158,6 +188,8 @@ type ingestDecoder struct {
 	maxEntries int
 	reqHdr     map[string]hdrTarget // lower-cased request header -> where it goes
 	respHdr    map[string]hdrTarget // lower-cased response header -> where it goes
+	reqLens    [2]uint64            // bit n: a reqHdr name is n bytes long (n < 128)
+	respLens   [2]uint64            // the same for respHdr
 	entryKeys  map[string]int       // custom entry key -> custom index
 	customCols []string             // the custom column names (shared by every row)
 
@@ -228,6 +260,12 @@ func newIngestDecoder(cfg *Config) *ingestDecoder {
 			t.custom = int8(i + 1)
 			d.respHdr[key] = t
 		}
+	}
+	for k := range d.reqHdr {
+		d.reqLens[len(k)/64%2] |= 1 << (len(k) % 64)
+	}
+	for k := range d.respHdr {
+		d.respLens[len(k)/64%2] |= 1 << (len(k) % 64)
 	}
 	return d
 }
@@ -312,6 +350,9 @@ func (d *ingestDecoder) peek() byte {
 }
 
 func (d *ingestDecoder) ws() {
+	if d.i < len(d.b) && d.b[d.i] > ' ' {
+		return // compact JSON, the usual case
+	}
 	for d.i < len(d.b) {
 		switch d.b[d.i] {
 		case ' ', '\t', '\n', '\r':
@@ -499,7 +540,7 @@ func (d *ingestDecoder) topKey(key []byte) {
 			return
 		}
 	}
-	t, ok := topKeys[string(key)]
+	t, ok := topTarget(key)
 	ci, custom := -1, false
 	if len(d.entryKeys) > 0 {
 		ci, custom = d.entryKeys[string(key)]
@@ -542,7 +583,7 @@ func (d *ingestDecoder) requestKey(key []byte) {
 	switch string(key) {
 	case "headers":
 		if d.peek() == '{' {
-			d.object(func(k []byte) { d.header(k, d.reqHdr) })
+			d.object(func(k []byte) { d.header(k, d.reqHdr, &d.reqLens) })
 			return
 		}
 	case "method":
@@ -567,7 +608,7 @@ func (d *ingestDecoder) responseKey(key []byte) {
 	switch string(key) {
 	case "headers":
 		if d.peek() == '{' {
-			d.object(func(k []byte) { d.header(k, d.respHdr) })
+			d.object(func(k []byte) { d.header(k, d.respHdr, &d.respLens) })
 			return
 		}
 	case "status":
@@ -590,9 +631,9 @@ func (d *ingestDecoder) scalarTo(t target) {
 // header handles one header of a default entry's request or response
 // headers: only the ones a column needs are read, the others (credentials
 // among them) are skipped without being copied anywhere.
-func (d *ingestDecoder) header(key []byte, m map[string]hdrTarget) {
-	if len(key) > len(d.hdrName) {
-		d.skip()
+func (d *ingestDecoder) header(key []byte, m map[string]hdrTarget, lens *[2]uint64) {
+	if len(key) >= len(d.hdrName) || lens[len(key)/64]&(1<<(len(key)%64)) == 0 {
+		d.skip() // no header of this length is wanted: no lookup
 		return
 	}
 	name := d.hdrName[:len(key)]
@@ -833,14 +874,14 @@ func (d *ingestDecoder) skipString() {
 // value (max_field_bytes) all the same.
 func (d *ingestDecoder) str1(isKey bool) []byte {
 	start := d.i + 1
-	j := bytes.IndexByte(d.b[start:], '"')
+	j, esc := quoteEnd(d.b[start:])
 	if j < 0 {
 		d.i = len(d.b)
 		d.fail("unterminated string")
 		return nil
 	}
 	raw := d.b[start : start+j]
-	if bytes.IndexByte(raw, '\\') < 0 {
+	if !esc {
 		d.i = start + j + 1
 		if len(raw) > d.maxField {
 			d.bad = rejectFieldTooLarge
@@ -920,6 +961,28 @@ func (d *ingestDecoder) str1(isKey bool) []byte {
 	}
 	_ = isKey
 	return out
+}
+
+// quoteEnd returns the index of the first '"' in b and whether a '\\'
+// comes before it, -1 when there is no quote. Short strings (keys, most
+// values) are scanned byte by byte in one pass; past 32 bytes the rest
+// goes to bytes.IndexByte, which is vectorized but costs a call.
+func quoteEnd(b []byte) (int, bool) {
+	n := min(len(b), 32)
+	for i := 0; i < n; i++ {
+		switch b[i] {
+		case '"':
+			return i, false
+		case '\\':
+			return bytes.IndexByte(b, '"'), true
+		}
+	}
+	j := bytes.IndexByte(b[n:], '"')
+	if j < 0 {
+		return -1, false
+	}
+	j += n
+	return j, bytes.IndexByte(b[n:j], '\\') >= 0
 }
 
 func hex4(b []byte, i int) (rune, bool) {
