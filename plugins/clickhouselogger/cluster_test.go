@@ -477,3 +477,44 @@ func TestClusterFailoverFreeze(t *testing.T) {
 		t.Errorf("got %d rows stored twice, want at most one batch (%d)", total-distinct, batch)
 	}
 }
+
+// BenchmarkClusterInsert: batches of 10000 rows through the client, in the
+// same run: into one instance's local table, and round robin over both
+// instances into the Distributed table (asynchronous: the receiving
+// instance queues the other shard's half).
+func BenchmarkClusterInsert(b *testing.B) {
+	backing.MustRequire(b, backing.ClickHouseServer)
+	c := backing.MustClickHouseCluster(b, backing.ClickHouseClusterOptions{})
+	clusterTables(b, c)
+	for _, bc := range []struct {
+		name, table string
+		addrs       []string
+	}{
+		{"local-1-server", "edge_access_log_local", c.Addrs()[:1]},
+		{"distributed-2-servers", "edge_access_log", c.Addrs()},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cfg := testConfig(b, fmt.Sprintf("  addrs: [%s]\n", `"`+strings.Join(bc.addrs, `", "`)+`"`))
+			cl, err := newClient(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cl.close()
+			rows := testRows(cfg.BatchSize, time.Now().UnixMilli(), "bench")
+			ctx := context.Background()
+			if err := cl.insert(ctx, bc.table, rows); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			start := time.Now()
+			n := 0
+			for b.Loop() {
+				if err := cl.insert(ctx, bc.table, rows); err != nil {
+					b.Fatal(err)
+				}
+				n += len(rows)
+			}
+			b.ReportMetric(float64(n)/time.Since(start).Seconds(), "rows/s")
+		})
+	}
+}
