@@ -12,7 +12,9 @@ import (
 // TestClickHouseCluster: two instances form a two-shard cluster; rows
 // inserted through a Distributed table on one instance are spread over
 // both shards, every row exactly once, with asynchronous inserts (then
-// SYSTEM FLUSH DISTRIBUTED) and with insert_distributed_sync.
+// SYSTEM FLUSH DISTRIBUTED) and with insert_distributed_sync; a column
+// added with ALTER to the local tables, then the Distributed one, is written
+// and read through it.
 func TestClickHouseCluster(t *testing.T) {
 	t.Parallel()
 	MustRequire(t, ClickHouseServer)
@@ -83,5 +85,35 @@ func TestClickHouseCluster(t *testing.T) {
 	}
 	if got, want := fmt.Sprint(total, distinct), "3000 3000"; got != want {
 		t.Errorf("through the Distributed table: got count, distinct %s, want %s", got, want)
+	}
+
+	// A column added to the local tables, then to the Distributed one, is
+	// written and read through the Distributed table.
+	for _, q := range []string{
+		"ALTER TABLE requests_local ADD COLUMN region String DEFAULT 'none'",
+		"ALTER TABLE requests ADD COLUMN region String DEFAULT 'none'",
+	} {
+		if err := c.ExecAll(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := conn.PrepareBatch(clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"insert_distributed_sync": 1})), "INSERT INTO requests (ts, n, region)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 3000; i < 3100; i++ {
+		if err := b.Append(time.Now().UTC(), uint64(i), "eu"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	var eu, none uint64
+	if err := conn.QueryRow(ctx, "SELECT countIf(region = 'eu'), countIf(region = 'none') FROM requests").Scan(&eu, &none); err != nil {
+		t.Fatal(err)
+	}
+	if eu != 100 || none != 3000 {
+		t.Errorf("after ADD COLUMN: got %d rows eu and %d none, want 100 and 3000", eu, none)
 	}
 }
