@@ -1,13 +1,42 @@
 package ratelimit
 
 import (
+	"context"
 	"os"
+	"strings"
 	"strconv"
 	"sync/atomic"
 	"testing"
 
 	"github.com/apisix-edge/edge-runner/testbed/backing"
+	"github.com/redis/go-redis/v9"
 )
+
+// scriptStats sums calls and usec of EVALSHA and EVAL in INFO
+// commandstats (Redis' own CPU time in the commands).
+func scriptStats(b *testing.B, cl *redis.Client) (calls int64, usec float64) {
+	s, err := cl.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(l, "cmdstat_evalsha:") && !strings.HasPrefix(l, "cmdstat_eval:") {
+			continue
+		}
+		for _, f := range strings.Split(strings.TrimSpace(l[strings.IndexByte(l, ':')+1:]), ",") {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "calls":
+				n, _ := strconv.ParseInt(v, 10, 64)
+				calls += n
+			case "usec":
+				x, _ := strconv.ParseFloat(v, 64)
+				usec += x
+			}
+		}
+	}
+	return calls, usec
+}
 
 // BenchmarkRequestFilter is one decision per iteration against a real
 // redis-server, from 32×GOMAXPROCS goroutines, with and without the
@@ -25,6 +54,10 @@ func BenchmarkRequestFilter(b *testing.B) {
 		{"redis/pipeline", true, `{"limit":1000000,"window":"1s","key":"header:X-Key"}`, false},
 		{"redis/no_pipeline", false, `{"limit":1000000,"window":"1s","key":"header:X-Key"}`, false},
 		{"over_limit_cache", true, `{"limit":1,"window":"1m","key":"header:X-Key"}`, true},
+		{"sliding_window", true, `{"limit":1000000,"window":"1s","key":"header:X-Key","algorithm":"sliding_window"}`, false},
+		{"fixed_window", true, `{"limit":1000000,"window":"1s","key":"header:X-Key","algorithm":"fixed_window"}`, false},
+		{"three_rules", true, `{"key":"header:X-Key","rules":[{"limit":1000000,"window":"1s"},{"limit":100000000,"window":"1h","algorithm":"sliding_window"},{"limit":1000000000,"window":"24h","algorithm":"fixed_window"}]}`, false},
+		{"delayed_sync_hot_key", true, `{"limit":1000000000,"window":"1h","key":"header:X-Key","algorithm":"fixed_window","sync_interval":"100ms"}`, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			pipe := bc.pipe
@@ -35,6 +68,9 @@ func BenchmarkRequestFilter(b *testing.B) {
 				}
 			}))
 			c := mustConf(b, bc.conf)
+			cl := rd.Client()
+			defer cl.Close()
+			cl.ConfigResetStat(context.Background())
 			var n atomic.Int64
 			b.ReportAllocs()
 			b.SetParallelism(32)
@@ -53,6 +89,10 @@ func BenchmarkRequestFilter(b *testing.B) {
 			b.StopTimer()
 			if bt := e.rl.batch; bt != nil && bt.stats.roundTrips.Load() > 0 {
 				b.ReportMetric(float64(bt.stats.sent.Load())/float64(bt.stats.roundTrips.Load()), "decisions/roundtrip")
+			}
+			if calls, usec := scriptStats(b, cl); calls > 0 {
+				b.ReportMetric(usec/float64(calls), "redis_us/call")
+				b.ReportMetric(float64(calls)/float64(b.N), "calls/op")
 			}
 			if deg := e.decisions(outDegradedOpen); deg > 0 {
 				b.Logf("%d degraded decisions", deg)

@@ -251,6 +251,9 @@ type rule struct {
 	suffix   string // after the hash tag in the Redis key
 	limitStr string
 	winSecs  int64 // window in whole seconds, at least 1 (RateLimit-Policy)
+	// The script's arguments of the rule, boxed once (boxing an int64 per
+	// request is an allocation).
+	argAlg, argLimit, argWindow, argCost any
 }
 
 type costSrc struct {
@@ -672,6 +675,10 @@ func (c *Conf) derive(in []byte) {
 			r.suffix = ":" + string(r.alg) + strconv.FormatInt(r.window.Milliseconds(), 10)
 		}
 		r.limitStr = itoa(r.limit)
+		r.argAlg, r.argLimit, r.argWindow = algArg[r.alg], any(r.limit), any(r.window.Milliseconds())
+		if r.cost.fixed > 0 {
+			r.argCost = any(r.cost.fixed)
+		}
 		r.winSecs = max(ceilSecs(r.window), 1)
 		pol = append(pol, policyItem(i, r.limit, r.winSecs))
 	}

@@ -523,7 +523,15 @@ func (r *RateLimit) eval(c *Conf, d *decision, now time.Time) (bool, error) {
 	args := d.args[:0]
 	args = append(args, nowArg, member)
 	for i := 0; i < d.n; i++ {
-		args = append(args, algArg[c.rules[i].alg], d.limit[i], d.window[i].Milliseconds(), d.cost[i])
+		ru := &c.rules[i]
+		limit, window, cost := ru.argLimit, ru.argWindow, ru.argCost
+		if i == 0 && d.override {
+			limit, window = d.limit[0], d.window[0].Milliseconds()
+		}
+		if cost == nil {
+			cost = d.cost[i]
+		}
+		args = append(args, ru.argAlg, limit, window, cost)
 	}
 	keys := d.keys[:d.n]
 	var res any

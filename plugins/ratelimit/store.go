@@ -48,18 +48,18 @@ const decideSrc = `
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = t[1] * 1000 + math.floor(t[2] / 1000)
 end
 local n = #KEYS
 local out = {1}
-local put = {}
+local putv, putt
 for i = 1, n do
   local key = KEYS[i]
-  local b = 2 + (i - 1) * 4
-  local alg = ARGV[b + 1]
-  local limit = tonumber(ARGV[b + 2])
-  local window = tonumber(ARGV[b + 3])
-  local cost = tonumber(ARGV[b + 4])
+  local b = (i - 1) * 4
+  local alg = ARGV[b + 3]
+  local limit = tonumber(ARGV[b + 4])
+  local window = tonumber(ARGV[b + 5])
+  local cost = tonumber(ARGV[b + 6])
   local fits, rem, reset
   if alg == 'l' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -73,7 +73,7 @@ for i = 1, n do
       if cost <= limit then
         local k = c + cost - limit - 1
         local o = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
-        if o[2] then reset = tonumber(o[2]) + window - now end
+        if o[2] then reset = o[2] + window - now end
       end
     end
   else
@@ -82,13 +82,18 @@ for i = 1, n do
     local c, p = 0, 0
     local v = redis.call('GET', key)
     if v then
-      local si, sc, sp = string.match(v, '^(%d+) (%d+) ?(%d*)')
-      si = tonumber(si)
+      local sp1 = string.find(v, ' ', 1, true)
+      local si = tonumber(string.sub(v, 1, sp1 - 1))
+      local sp2 = string.find(v, ' ', sp1 + 1, true)
       if si == idx then
-        c = tonumber(sc)
-        p = tonumber(sp) or 0
+        if sp2 then
+          c = tonumber(string.sub(v, sp1 + 1, sp2 - 1))
+          p = tonumber(string.sub(v, sp2 + 1))
+        else
+          c = tonumber(string.sub(v, sp1 + 1))
+        end
       elseif si == idx - 1 then
-        p = tonumber(sc)
+        if sp2 then p = tonumber(string.sub(v, sp1 + 1, sp2 - 1)) else p = tonumber(string.sub(v, sp1 + 1)) end
       end
     end
     if alg == 'f' then
@@ -96,7 +101,10 @@ for i = 1, n do
       reset = window - el
       if fits then
         rem = limit - c - cost
-        put[i] = {string.format('%d %d', idx, c + cost), window - el}
+        if not putv then putv, putt = {}, {} end
+        local nc = c + cost
+        if nc < 1e14 then putv[i] = idx .. ' ' .. nc else putv[i] = string.format('%d %d', idx, nc) end
+        putt[i] = window - el
       else
         rem = limit - c
       end
@@ -106,7 +114,10 @@ for i = 1, n do
       if fits then
         rem = math.floor(limit - est - cost)
         reset = 2 * window - el
-        put[i] = {string.format('%d %d %d', idx, c + cost, p), 2 * window - el}
+        if not putv then putv, putt = {}, {} end
+        local nc = c + cost
+        if nc < 1e14 and p < 1e14 then putv[i] = idx .. ' ' .. nc .. ' ' .. p else putv[i] = string.format('%d %d %d', idx, nc, p) end
+        putt[i] = 2 * window - el
       else
         rem = math.floor(limit - est)
         local need = limit - cost - c
@@ -122,31 +133,30 @@ for i = 1, n do
     end
   end
   if rem < 0 then rem = 0 end
-  if not fits then out[1] = 0 end
-  out[#out + 1] = fits and 1 or 0
-  out[#out + 1] = rem
-  out[#out + 1] = reset
+  local o = 3 * i - 1
+  if fits then out[o] = 1 else out[o] = 0; out[1] = 0 end
+  out[o + 1] = rem
+  out[o + 2] = reset
 end
 if out[1] == 1 then
   for i = 1, n do
     local key = KEYS[i]
-    local b = 2 + (i - 1) * 4
-    if ARGV[b + 1] == 'l' then
-      local cost = tonumber(ARGV[b + 4])
+    local b = (i - 1) * 4
+    if ARGV[b + 3] == 'l' then
+      local cost = tonumber(ARGV[b + 6])
       if cost == 1 then
         redis.call('ZADD', key, now, ARGV[2])
       else
         local m = {}
         for j = 1, cost do
-          m[#m + 1] = now
-          m[#m + 1] = ARGV[2] .. '.' .. j
+          m[2 * j - 1] = now
+          m[2 * j] = ARGV[2] .. '.' .. j
         end
         redis.call('ZADD', key, unpack(m))
       end
-      redis.call('PEXPIRE', key, ARGV[b + 3])
+      redis.call('PEXPIRE', key, ARGV[b + 5])
     else
-      local s = put[i]
-      redis.call('SET', key, s[1], 'PX', s[2])
+      redis.call('SET', key, putv[i], 'PX', putt[i])
     end
   end
 end
