@@ -152,16 +152,17 @@ func (c *chClient) ensureTable(ctx context.Context, s *server, table string) err
 // insert sends rows into table in one batch INSERT with named columns, on
 // the next server in round-robin order; when that server fails, on the next
 // one, each server tried at most once (see order). Each server gets
-// read_timeout, all within ctx. When every server failed, the error is the last one that
-// another try may fix, else the last refusal: permanent reports true only
-// when every server refused the rows.
+// read_timeout, all within ctx. When every server tried failed, the error
+// is the last one that another try may fix, else the last refusal:
+// permanent reports true only when every server refused the rows.
 func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	cs := &c.cols
 	cs.fill(rows, c.cfg.Ingest.Columns)
 	defer cs.reset()
 	var retryable, refused error
 	tried := 0
-	for _, s := range c.order(time.Now()) {
+	ord := c.order(time.Now())
+	for _, s := range ord {
 		tried++
 		err := c.insertOn(ctx, s, table)
 		if err == nil {
@@ -189,8 +190,13 @@ func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	if err == nil {
 		err = refused
 	}
+	if retryable == nil && len(ord) < len(c.servers) {
+		// Refused here, but servers in their down period were skipped:
+		// another attempt may reach one that takes the rows.
+		return fmt.Errorf("%d servers tried, none took the batch (%w): %w", tried, errUntried, err)
+	}
 	if tried > 1 {
-		return fmt.Errorf("%w (and %d other servers failed)", err, tried-1)
+		return fmt.Errorf("%d servers tried, none took the batch: %w", tried, err)
 	}
 	return err
 }
@@ -233,8 +239,12 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err e
 // permanent reports whether err is the server refusing these rows for a
 // reason another try will not fix soon: the schema (a missing table or
 // column, a type mismatch) or the credentials. Other server errors (too
-// many parts, memory limits, timeouts) and network errors are retried.
+// many parts, memory limits, timeouts) and network errors are retried, and
+// so is a refusal while other servers of addrs were not tried.
 func permanent(err error) bool {
+	if errors.Is(err, errUntried) {
+		return false
+	}
 	if errors.Is(err, errEncode) {
 		return true
 	}
@@ -259,6 +269,10 @@ func permanent(err error) bool {
 	}
 	return false
 }
+
+// errUntried marks a batch refused by the servers tried while others were
+// skipped in their down period.
+var errUntried = errors.New("other servers down, not tried")
 
 // errEncode marks a batch the driver could not encode for the table's
 // column types.

@@ -478,6 +478,61 @@ func TestClusterFailoverFreeze(t *testing.T) {
 	}
 }
 
+// TestClusterRefusal: an instance that refuses the rows (its Distributed
+// table is missing) makes the batch fail over to the other one: nothing
+// dropped, the backend degraded. When both refuse, a batch is dropped
+// (insert_failed) after both were tried, not retried max_attempts times.
+func TestClusterRefusal(t *testing.T) {
+	t.Parallel()
+	backing.MustRequire(t, backing.ClickHouseServer)
+	c := backing.MustClickHouseCluster(t, backing.ClickHouseClusterOptions{})
+	clusterTables(t, c)
+	ctx := context.Background()
+	if err := c.Node(1).Exec(ctx, "DROP TABLE edge_access_log"); err != nil {
+		t.Fatal(err)
+	}
+	l, reg := clusterLogger(t, c, "  dial_timeout: 5s\n  read_timeout: 30s\n  retries: {max_attempts: 5, backoff: 10ms, max_backoff: 100ms}\n")
+	addrA, addrB := c.Node(0).NativeAddr(), c.Node(1).NativeAddr()
+	l.Start(context.Background())
+	defer shutdown(t, l)
+	conf, _ := l.ParseConf([]byte(`{}`))
+	const n = 1000
+	produce(t, l, conf, 0, n)
+	waitUntil(t, "rows inserted", func() bool { return l.Snapshot().Inserted == n })
+	ins := insertCounts(t, reg)
+	t.Logf("inserts per server, instance 2 refusing: %v", ins)
+	if ins[addrB]["error"] == 0 || ins[addrB]["ok"] != 0 || ins[addrA]["error"] != 0 {
+		t.Errorf("got %v, want instance 2 refusing every batch it got, instance 1 taking them all", ins)
+	}
+	if got := l.backend.State(); got != core.StateDegraded {
+		t.Errorf("got backend %s, want degraded", got)
+	}
+	snap := l.deps.Status.Snapshot().Backends[BackendName]
+	if !strings.Contains(snap.LastError, addrB) || !strings.Contains(snap.LastError, "edge_access_log") {
+		t.Errorf("got last error %q, want it to name instance 2 and the table", snap.LastError)
+	}
+
+	if err := c.Node(0).Exec(ctx, "DROP TABLE edge_access_log"); err != nil {
+		t.Fatal(err)
+	}
+	before := insertCounts(t, reg)
+	for i := n; i < n+100; i++ {
+		l.ResponseFilter(conf, newTestResponse(i))
+	}
+	waitUntil(t, "the refused batch dropped", func() bool { return l.Snapshot().Dropped[reasonInsertFailed] == 100 })
+	after := insertCounts(t, reg)
+	t.Logf("inserts per server, both refusing: %v", after)
+	if got := after[addrA]["error"] - before[addrA]["error"]; got < 1 {
+		t.Errorf("instance 1: got %d more failed inserts, want at least 1", got)
+	}
+	if got := after[addrB]["error"] - before[addrB]["error"]; got < 1 {
+		t.Errorf("instance 2: got %d more failed inserts, want at least 1 (tried before the batch is dropped)", got)
+	}
+	if s := checkIdentity(t, l); s.Inserted != n {
+		t.Errorf("got %+v, want %d inserted, 100 dropped", s, n)
+	}
+}
+
 // BenchmarkClusterInsert: batches of 10000 rows through the client, in the
 // same run: into one instance's local table, and round robin over both
 // instances into the Distributed table (asynchronous: the receiving
