@@ -75,16 +75,16 @@ func measureLimits(ctx context.Context, o *options, e *env, pr *progress) *limit
 // limiterScript reads the sliding-log script from the ratelimit package's
 // source: the package does not export it, and a copy kept here could drift.
 func limiterScript(src string) (string, string, error) {
-	path := filepath.Join(src, "internal", "plugin", "ratelimit", "store.go")
+	path := filepath.Join(src, "plugins", "ratelimit", "store.go")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", "", fmt.Errorf("read the limiter's script: %w", err)
 	}
-	m := regexp.MustCompile("(?s)const slidingLogSrc = `([^`]*)`").FindSubmatch(b)
+	m := regexp.MustCompile("(?s)const decideSrc = `([^`]*)`").FindSubmatch(b)
 	if m == nil {
-		return "", "", fmt.Errorf("read the limiter's script: no `const slidingLogSrc` raw string in %s", path)
+		return "", "", fmt.Errorf("read the limiter's script: no `const decideSrc` raw string in %s", path)
 	}
-	return string(m[1]), "plugins/ratelimit/store.go (slidingLogSrc)", nil
+	return string(m[1]), "plugins/ratelimit/store.go (decideSrc)", nil
 }
 
 func (l *limits) redisBench(ctx context.Context, o *options, e *env) error {
@@ -119,9 +119,10 @@ func (l *limits) redisBench(ctx context.Context, o *options, e *env) error {
 	// The key has the limiter's layout (prefix, hash tag, kind a:) with a
 	// random address; the member is random too, as the runner's are unique.
 	// limit 1000 per 1000 ms window: always under the limit, like the
-	// runner's healthy scenario. ARGV[4] empty: Redis' own clock (TIME).
-	cmd := []string{"EVALSHA", l.scriptSHA, "1", "edge:rl:{c:bench|a:__rand_int__}", "1000", "1000", "m:__rand_int__", ""}
-	l.redisCommand = "redis-benchmark -c 64 -r 1000000 [-P 16] -n N EVALSHA <sha> 1 'edge:rl:{c:bench|a:__rand_int__}' 1000 1000 'm:__rand_int__' ''"
+	// runner's healthy scenario. ARGV[1] empty: Redis' own clock (TIME);
+	// one sliding_log rule ("l") of cost 1.
+	cmd := []string{"EVALSHA", l.scriptSHA, "1", "edge:rl:{c:bench|a:__rand_int__}", "", "m:__rand_int__", "l", "1000", "1000", "1"}
+	l.redisCommand = "redis-benchmark -c 64 -r 1000000 [-P 16] -n N EVALSHA <sha> 1 'edge:rl:{c:bench|a:__rand_int__}' '' 'm:__rand_int__' l 1000 1000 1"
 	for i, pipe := range []int{1, 16} {
 		n := o.rbN
 		if pipe > 1 {

@@ -318,7 +318,7 @@ func (e *env) scenarios() []*scenario {
 // last, so that no restart is needed.
 func runScenarios(ctx context.Context, o *options, e *env, pr *progress) ([]*scenarioResult, error) {
 	var out []*scenarioResult
-	for _, sc := range e.scenarios() {
+	for _, sc := range withRLV2(e, e.scenarios()) {
 		if len(o.only) > 0 && !slices.Contains(o.only, sc.key) {
 			continue
 		}

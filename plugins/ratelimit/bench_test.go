@@ -3,8 +3,8 @@ package ratelimit
 import (
 	"context"
 	"os"
-	"strings"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 
