@@ -7,7 +7,10 @@
 #
 # ROUTE is one of the files in apisix/routes/ without .json (default: all of
 # them): ratelimit, jwt, logged, all, degradation. Each becomes route id
-# edge-<name>. Environment:
+# edge-<name>. Then the global rules of apisix/global_rules/ (edge-log: every
+# route logged by APISIX's http-logger to the runner's ingest listener, the
+# recommended logging path) are PUT as /apisix/admin/global_rules/<name>;
+# name one as global:<name> to apply it alone. Environment:
 #   APISIX_ADMIN_KEY   the admin key (required; from APISIX's config.yaml)
 #   APISIX_ADMIN_URL   default http://127.0.0.1:9180
 #   GO_RUNNER          the runner binary used to validate (default: bin/go-runner,
@@ -25,9 +28,17 @@ fi
 [[ -n "$runner" ]] || { echo "go-runner not found: run 'make build' or set GO_RUNNER" >&2; exit 1; }
 cfg="${RUNNER_CONFIG:-$here/go-runner.yaml}"
 
-names=("$@")
-if ((${#names[@]} == 0)); then
+names=()
+globals=()
+for a in "$@"; do
+  case "$a" in
+    global:*) globals+=("${a#global:}") ;;
+    *) names+=("$a") ;;
+  esac
+done
+if (($# == 0)); then
   for f in "$here"/routes/*.json; do names+=("$(basename "$f" .json)"); done
+  for f in "$here"/global_rules/*.json; do globals+=("$(basename "$f" .json)"); done
 fi
 files=()
 for n in "${names[@]}"; do
@@ -35,16 +46,31 @@ for n in "${names[@]}"; do
   [[ -f "$f" ]] || { echo "no such route: $n (see $here/routes)" >&2; exit 2; }
   files+=("$f")
 done
+for g in "${globals[@]}"; do
+  [[ -f "$here/global_rules/$g.json" ]] || { echo "no such global rule: $g (see $here/global_rules)" >&2; exit 2; }
+done
 
 # The runner config may expand ${VAR}s the operator has not exported here;
 # placeholders are enough to check the route confs against it.
-REDIS_PASSWORD="${REDIS_PASSWORD:-x}" CLICKHOUSE_PASSWORD="${CLICKHOUSE_PASSWORD:-x}" \
-  "$runner" validate -c "$cfg" "${files[@]}"
+if ((${#files[@]} > 0)); then
+  REDIS_PASSWORD="${REDIS_PASSWORD:-x}" CLICKHOUSE_PASSWORD="${CLICKHOUSE_PASSWORD:-x}" \
+    "$runner" validate -c "$cfg" "${files[@]}"
+fi
 
 for i in "${!names[@]}"; do
   echo "PUT $admin/apisix/admin/routes/edge-${names[$i]}"
   curl -fsS -X PUT "$admin/apisix/admin/routes/edge-${names[$i]}" \
     -H "X-API-KEY: $APISIX_ADMIN_KEY" -H 'Content-Type: application/json' \
     --data-binary @"${files[$i]}"
+  echo
+done
+
+# The global rules carry no runner conf (http-logger is APISIX's own
+# plugin); their log_format keys are the ones docs/clickhouselogger.md lists.
+for g in "${globals[@]}"; do
+  echo "PUT $admin/apisix/admin/global_rules/$g"
+  curl -fsS -X PUT "$admin/apisix/admin/global_rules/$g" \
+    -H "X-API-KEY: $APISIX_ADMIN_KEY" -H 'Content-Type: application/json' \
+    --data-binary @"$here/global_rules/$g.json"
   echo
 done

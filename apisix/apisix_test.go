@@ -165,7 +165,7 @@ func TestAPISIXConfigs(t *testing.T) {
 			t.Errorf("%s: ext-plugin.cmd = %q, want [<runner> run -c <config>]", f, cmd)
 		}
 		plugins := toStrings(doc["plugins"])
-		for _, p := range []string{"ext-plugin-pre-req", "ext-plugin-post-req", "ext-plugin-post-resp"} {
+		for _, p := range []string{"ext-plugin-pre-req", "ext-plugin-post-req", "ext-plugin-post-resp", "http-logger"} {
 			if !contains(plugins, p) {
 				t.Errorf("%s: plugins list lacks %s", f, p)
 			}
@@ -380,11 +380,21 @@ func TestAlertsLinkRunbooks(t *testing.T) {
 }
 
 // exportedMetrics returns the names the runner's code registers: every
-// string literal of the non-test Go files under internal/, each of which
-// may be a metric name (or subsystem) under the apisix_edge namespace.
+// string literal of the non-test Go files under internal/, core/ and
+// plugins/, each of which may be a metric name (or subsystem) under the
+// apisix_edge namespace.
 func exportedLiterals(t *testing.T) map[string]bool {
 	lits := map[string]bool{}
-	err := filepath.WalkDir("../internal", func(path string, d fs.DirEntry, err error) error {
+	for _, root := range []string{"../internal", "../core", "../plugins"} {
+		if err := walkLiterals(root, lits); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return lits
+}
+
+func walkLiterals(root string, lits map[string]bool) error {
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 			return err
 		}
@@ -402,10 +412,6 @@ func exportedLiterals(t *testing.T) map[string]bool {
 		})
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lits
 }
 
 // Metrics exported by the Prometheus client's own collectors.
@@ -459,4 +465,154 @@ func known0(lits map[string]bool, rest string) bool {
 		}
 	}
 	return false
+}
+
+// globalRuleFiles returns the Admin API global rule bodies by name.
+func globalRuleFiles(t *testing.T) map[string]map[string]any {
+	t.Helper()
+	files, _ := filepath.Glob("global_rules/*.json")
+	if len(files) == 0 {
+		t.Fatal("no global_rules/*.json")
+	}
+	out := map[string]map[string]any{}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v map[string]any
+		if err := json.Unmarshal(data, &v); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		out[strings.TrimSuffix(filepath.Base(f), ".json")] = v
+	}
+	return out
+}
+
+// TestGlobalRuleLogsToRunner: the http-logger global rule posts to the
+// runner's ingest listener (clickhouse.ingest.listen of go-runner.yaml) with
+// the log_format documented in docs/clickhouselogger.md, retries a failed
+// batch (a runner respawn lasts about 3 s), and apisix.yaml carries the same
+// rule.
+func TestGlobalRuleLogsToRunner(t *testing.T) {
+	rules := globalRuleFiles(t)
+	rule, ok := rules["edge-log"]
+	if !ok {
+		t.Fatalf("got global rules %v, want edge-log", reflect.ValueOf(rules).MapKeys())
+	}
+	hl, _ := rule["plugins"].(map[string]any)["http-logger"].(map[string]any)
+	if hl == nil {
+		t.Fatal("edge-log: no http-logger")
+	}
+	runnerCfg := readYAML(t, "go-runner.yaml")
+	listen := runnerCfg["clickhouse"].(map[string]any)["ingest"].(map[string]any)["listen"].(string)
+	if got, want := hl["uri"], "http://"+listen+"/apisix/http-logger"; got != want {
+		t.Errorf("edge-log uri: got %v, want %s (go-runner.yaml's ingest listener)", got, want)
+	}
+	for k, want := range map[string]float64{"batch_max_size": 1000, "max_retry_count": 3, "retry_delay": 1} {
+		if got, _ := hl[k].(float64); got != want {
+			t.Errorf("edge-log %s: got %v, want %v", k, hl[k], want)
+		}
+	}
+	if hl["concat_method"] != "json" {
+		t.Errorf("edge-log concat_method: got %v, want json", hl["concat_method"])
+	}
+	docs, err := os.ReadFile("../docs/clickhouselogger.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)<!-- log_format -->\n```json\n(.*?)```").FindSubmatch(docs)
+	if m == nil {
+		t.Fatal("docs/clickhouselogger.md: no log_format block (marked <!-- log_format -->)")
+	}
+	var documented map[string]any
+	if err := json.Unmarshal(m[1], &documented); err != nil {
+		t.Fatalf("documented log_format: %v", err)
+	}
+	if !reflect.DeepEqual(hl["log_format"], documented) {
+		t.Errorf("edge-log log_format differs from the documented one:\n got %v\nwant %v", hl["log_format"], documented)
+	}
+	data, err := os.ReadFile("apisix.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		GlobalRules []map[string]any `yaml:"global_rules"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.GlobalRules) != len(rules) {
+		t.Fatalf("apisix.yaml has %d global rules, global_rules/ has %d", len(doc.GlobalRules), len(rules))
+	}
+	for _, r := range doc.GlobalRules {
+		id, _ := r["id"].(string)
+		want, ok := rules[id]
+		if !ok {
+			t.Errorf("apisix.yaml global rule %s: no global_rules/%s.json", id, id)
+			continue
+		}
+		delete(r, "id")
+		if !reflect.DeepEqual(roundTrip(t, r), roundTrip(t, want)) {
+			t.Errorf("apisix.yaml global rule %s differs from global_rules/%s.json", id, id)
+		}
+	}
+}
+
+// TestPostRespAllowsDegradation: a runner restart never fails a request
+// that only needed logging (post-resp confs allow degradation), while the
+// pre-req chain with jwtcache keeps failing closed.
+func TestPostRespAllowsDegradation(t *testing.T) {
+	for name, r := range routeFiles(t) {
+		plugins := r["plugins"].(map[string]any)
+		if pr, ok := plugins["ext-plugin-post-resp"].(map[string]any); ok && pr["allow_degradation"] != true {
+			t.Errorf("routes/%s.json: ext-plugin-post-resp without allow_degradation: true", name)
+		}
+		pre, _ := plugins["ext-plugin-pre-req"].(map[string]any)
+		if pre == nil || pre["allow_degradation"] != true {
+			continue
+		}
+		for _, c := range pre["conf"].([]any) {
+			if c.(map[string]any)["name"] == "jwtcache" {
+				t.Errorf("routes/%s.json: allow_degradation on a pre-req chain with jwtcache lets unauthenticated requests through", name)
+			}
+		}
+	}
+}
+
+// TestAdminRoutesScript runs admin-routes.sh against stand-ins for curl and
+// the runner: every route and the global rule are PUT where APISIX expects
+// them, after validation.
+func TestAdminRoutesScript(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "calls")
+	stub := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stub("curl", `for a; do case "$a" in http*) echo "curl $a" >> `+log+`;; esac; done`+"\n")
+	stub("go-runner", `echo "validate $#" >> `+log+"\n")
+	run := func(args ...string) string {
+		os.Remove(log)
+		cmd := exec.Command("bash", append([]string{"admin-routes.sh"}, args...)...)
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "APISIX_ADMIN_KEY=k", "GO_RUNNER="+filepath.Join(dir, "go-runner"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("admin-routes.sh %v: %v\n%s", args, err, out)
+		}
+		b, _ := os.ReadFile(log)
+		return string(b)
+	}
+	all := run()
+	for name := range routeFiles(t) {
+		if !strings.Contains(all, "curl http://127.0.0.1:9180/apisix/admin/routes/edge-"+name+"\n") {
+			t.Errorf("got calls\n%s\nwant a PUT of route edge-%s", all, name)
+		}
+	}
+	if !strings.Contains(all, "curl http://127.0.0.1:9180/apisix/admin/global_rules/edge-log\n") {
+		t.Errorf("got calls\n%s\nwant a PUT of global rule edge-log", all)
+	}
+	if got := run("global:edge-log"); got != "curl http://127.0.0.1:9180/apisix/admin/global_rules/edge-log\n" {
+		t.Errorf("global:edge-log alone: got calls %q, want the global rule only", got)
+	}
 }

@@ -752,3 +752,33 @@ func TestIngestConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestRecommendedLogFormat: every key of the log_format documented in
+// docs/clickhouselogger.md (and shipped in apisix/global_rules/edge-log.json,
+// which apisix/apisix_test.go compares with it) is one the decoder reads.
+func TestRecommendedLogFormat(t *testing.T) {
+	docs, err := os.ReadFile("../../docs/clickhouselogger.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(docs), "<!-- log_format -->\n```json\n")
+	if !ok {
+		t.Fatal("docs/clickhouselogger.md: no log_format block")
+	}
+	block, _, _ := strings.Cut(after, "```")
+	var lf map[string]string
+	if err := json.Unmarshal([]byte(block), &lf); err != nil {
+		t.Fatalf("documented log_format: %v", err)
+	}
+	if len(lf) != 22 {
+		t.Errorf("got %d keys in the documented log_format, want the 22 of the contract", len(lf))
+	}
+	for k, v := range lf {
+		if _, known := topTarget([]byte(k)); !known {
+			t.Errorf("log_format key %q (%s): the decoder does not read it", k, v)
+		}
+		if !strings.HasPrefix(v, "$") {
+			t.Errorf("log_format key %q: got %q, want an nginx variable", k, v)
+		}
+	}
+}
