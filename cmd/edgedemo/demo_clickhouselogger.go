@@ -22,6 +22,10 @@ func init() {
 // chlPartTable is the demo's log table, created by the logger itself.
 const chlPartTable = "edge_access_log"
 
+// chlIngestAddr is the runner's ingest listener (the log-phase path), on a
+// free loopback port chosen with the config.
+var chlIngestAddr string
+
 // chlPartConfig points the clickhouse section at the demo's server, or at
 // a closed port: the logger then drops its rows and counts them, and
 // requests are unaffected.
@@ -36,6 +40,11 @@ func chlPartConfig(e *demoEnv) (string, error) {
 		}
 		addr = fmt.Sprintf("127.0.0.1:%d", p)
 	}
+	port, err := backing.FreePort()
+	if err != nil {
+		return "", err
+	}
+	chlIngestAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	return fmt.Sprintf(`clickhouse:
   addrs: [%q]
   database: %s
@@ -46,7 +55,8 @@ func chlPartConfig(e *demoEnv) (string, error) {
   flush_interval: 200ms
   dial_timeout: 300ms
   retries: {max_attempts: 2, backoff: 50ms, max_backoff: 500ms}
-`, addr, db, pw, chlPartTable), nil
+  ingest: {listen: %q}
+`, addr, db, pw, chlPartTable, chlIngestAddr), nil
 }
 
 // chlPartRequest is request i of the demo: what APISIX would answer to the
@@ -139,7 +149,7 @@ func chlPartRun(ctx context.Context, e *demoEnv, w io.Writer) error {
 	if got != n+1 {
 		return fmt.Errorf("got %d rows in ClickHouse, want %d", got, n+1)
 	}
-	return nil
+	return chlIngestRun(ctx, e, w, table)
 }
 
 func chlPartShowRows(ctx context.Context, w io.Writer, ch *backing.ClickHouse, table string) error {
