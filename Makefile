@@ -35,8 +35,17 @@ run: build
 # limits (redis-benchmark of the limiter's script, a bare ClickHouse batch
 # insert, bare RSA verification); the Go micro-benchmarks. Writes
 # docs/benchmarks.md (about 4 minutes; bounded).
+# BASELINE_REV is the go-runner whose no-op chain the current one is
+# compared with in the same run: by default the last commit before the
+# runner's own protocol server (issue 12).
+BASELINE_REV ?= c81d24d
+
 bench: build deps
-	$(BIN)/edgeperf -runner $(BIN)/go-runner -out docs/benchmarks.md
+	@if scripts/build-baseline.sh $(BASELINE_REV) $(BIN)/go-runner-baseline; then \
+		$(BIN)/edgeperf -runner $(BIN)/go-runner -baseline $(BIN)/go-runner-baseline -out docs/benchmarks.md; \
+	else \
+		$(BIN)/edgeperf -runner $(BIN)/go-runner -out docs/benchmarks.md; \
+	fi
 
 # The resilience matrix under load: every fault scenario against the real
 # binary and real servers, bounded in time (about 5 minutes); exits

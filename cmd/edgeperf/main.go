@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,6 +48,7 @@ type options struct {
 	quick     bool
 	benchtime string
 	profile   string   // directory for CPU profiles of the runner, one per scenario
+	baseline  string   // another go-runner binary whose no-op chain is compared with this one's
 	only      []string // scenario keys to run (all if empty)
 	args      []string
 
@@ -73,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "dry run: tiny durations and sizes, figures not meaningful")
 	fs.StringVar(&o.benchtime, "benchtime", "", "go test -benchtime for the micro-benchmarks (default 1s, 1x with -quick)")
 	fs.StringVar(&o.profile, "profile", "", "also take a CPU profile of the runner (admin pprof) during an extra 5 s slice of each scenario at the middle concurrency level, written to DIR/<scenario>.pprof")
+	fs.StringVar(&o.baseline, "baseline", "", "another go-runner binary (e.g. built from the previous commit): its no-op chain is measured against this runner's in alternating slices")
 	var only string
 	fs.StringVar(&only, "only", "", "comma-separated scenario keys to run (default: all; the report is then partial)")
 	if err := fs.Parse(args); err != nil {
@@ -131,7 +134,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		o.rbN, o.rbNP = 100000, 400000
 		o.insertFor, o.rsaFor = 3*time.Second, 1500*time.Millisecond
 	}
-	for _, p := range []*string{&o.runner, &o.src} {
+	for _, p := range []*string{&o.runner, &o.src, &o.baseline} {
+		if *p == "" {
+			continue
+		}
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			return nil, fmt.Errorf("parse flags: %w", err)
@@ -193,6 +199,10 @@ func measure(ctx context.Context, o *options, stderr io.Writer) (*report, error)
 	rep.machine = describeMachine(ctx, o)
 	rep.loadStart = loadAvg()
 
+	if o.baseline != "" {
+		pr.printf("runner core: the no-op chain against the baseline binary %s", o.baseline)
+		rep.core = measureCore(ctx, o, pr)
+	}
 	pr.printf("starting redis-server, clickhouse-server, the JWKS endpoint and the runner")
 	env, err := startEnv(ctx, o, pr)
 	if err != nil {
@@ -207,6 +217,9 @@ func measure(ctx context.Context, o *options, stderr io.Writer) (*report, error)
 	pr.printf("physical limits")
 	rep.limits = measureLimits(ctx, o, env, pr)
 	errs = append(errs, rep.limits.errs...)
+	if len(o.only) == 0 || slices.Contains(o.only, "ingest") {
+		rep.ingest = measureIngest(ctx, o, env, pr) // ingest.go
+	}
 
 	pr.printf("load scenarios at concurrency %v, %v per level in %d slice(s), each beside the no-op chain", o.levels, o.d, o.rounds)
 	rep.scenarios, err = runScenarios(ctx, o, env, pr)

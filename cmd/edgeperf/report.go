@@ -21,6 +21,8 @@ type report struct {
 	scenarios          []*scenarioResult
 	accounting         string
 	micro              *micro
+	ingest             *ingestResult
+	core               *coreCompare
 }
 
 func (r *report) scenario(key string) *scenarioResult {
@@ -73,7 +75,7 @@ func (r *report) markdown() string {
 	if r.opts.quick {
 		p("> **Dry run (`-quick`)**: durations and sizes are tiny; the figures below only show that every part runs.\n\n")
 	}
-	const makeBench = "bin/edgeperf -runner bin/go-runner -out docs/benchmarks.md"
+	const makeBench = "bin/edgeperf -runner bin/go-runner -baseline bin/go-runner-baseline -out docs/benchmarks.md"
 	if cmd := r.command(); cmd == makeBench {
 		p("- Command: `make bench`, i.e. `%s`\n", cmd)
 	} else {
@@ -97,7 +99,9 @@ func (r *report) markdown() string {
 
 	r.writeMethod(p)
 	r.writeResults(p)
+	r.writeCore(p)
 	r.writeLimits(p)
+	r.writeIngest(p)
 	r.writeMicro(p)
 	r.writeReading(p)
 
