@@ -1,14 +1,20 @@
 package e2e
 
 import (
+	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/apisix-edge/edge-runner/testbed"
 	"github.com/apisix-edge/edge-runner/testbed/idp"
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // TestJWTTokenSourcesAndHideCredentials: the first source present wins,
@@ -208,5 +214,92 @@ func TestJWTURLSecretNotShown(t *testing.T) {
 				t.Errorf("%s shows %q:\n%s", where, secret, text)
 			}
 		}
+	}
+}
+
+// TestJWTValidateV2 runs `go-runner validate` on v2 confs: each problem,
+// holes included, named with its field; providers with discovery and file.
+func TestJWTValidateV2(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "go-runner.yaml")
+	if err := os.WriteFile(cfg, []byte("jwks:\n  providers:\n"+
+		"    - name: a\n      issuer: https://kc.example/realms/a\n      discovery: true\n"+
+		"    - name: b\n      file: /etc/jwks-b.json\n      issuer: https://kc.example/realms/b\n"+
+		"    - name: c\n      url: https://kc.example/certs\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	route := func(name, conf string) string {
+		b, _ := json.Marshal(conf)
+		f := filepath.Join(dir, name)
+		doc := `{"uri":"/x","plugins":{"ext-plugin-pre-req":{"conf":[{"name":"jwtcache","value":` + string(b) + `}]}}}`
+		if err := os.WriteFile(f, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, tt := range []struct {
+		file string
+		code int
+		want []string
+	}{
+		{route("good.json", `{"providers":["a","b"],"token_sources":["header:Authorization","cookie:at"],"hide_credentials":true,"required_scopes":["orders:read"],"claims_to_headers":{"realm_access.roles":"X-Roles"}}`),
+			0, []string{"good.json: ok"}},
+		{route("holes.json", `{"provider":"c","issuer":"","audience":[],"algorithms":[]}`),
+			1, []string{"issuer: must not be empty", "audience: must not be empty", "algorithms: must not be empty"}},
+		{route("v2.json", `{"providers":["a","c"],"token_sources":["body:t"],"max_lifetime":"0s","realm":"a\"b"}`),
+			1, []string{`providers[1]: provider "c" has no issuer`, `token_sources[0]: must start with`, "max_lifetime: must be between 1s and 720h", "realm: must be 1 to 128"}},
+	} {
+		out, err := exec.Command(runnerBin, "validate", "-c", cfg, tt.file).CombinedOutput()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		}
+		if code != tt.code {
+			t.Errorf("validate %s: got exit %d (%s), want %d", filepath.Base(tt.file), code, out, tt.code)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("validate %s: got %q, want it to contain %q", filepath.Base(tt.file), out, w)
+			}
+		}
+	}
+}
+
+// TestJWTCritRejected (issue 15, hole 3): a token with crit, or b64 false,
+// correctly signed by a published key, is 401 through the runner.
+func TestJWTCritRejected(t *testing.T) {
+	s := jwtNewIdP(t, jwtRS("rs-1", 0))
+	e := jwtStart(t, "  providers:\n"+jwtProvider("main", s.URL, ""), testbed.RunnerOptions{})
+	jwtWaitFetched(t, s, 1)
+	route := jwtRoute("crit", `{"provider":"main"}`)
+	signed := func(header map[string]any) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims(idp.Claims("user-1", "https://idp.test", "api", time.Now(), nil)))
+		tok.Header["kid"] = "rs-1"
+		for k, v := range header {
+			tok.Header[k] = v
+		}
+		out, err := tok.SignedString(jwtRS("rs-1", 0).Signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name   string
+		header map[string]any
+		want   int
+	}{
+		{"plain", nil, 200},
+		{"crit x-unknown", map[string]any{"crit": []string{"x-unknown"}, "x-unknown": true}, 401},
+		{"crit exp", map[string]any{"crit": []string{"exp"}, "exp": 1}, 401},
+		{"b64 false with crit b64", map[string]any{"b64": false, "crit": []string{"b64"}}, 401},
+	} {
+		if res := do(t, e.g, route, jwtBearer(signed(tt.header))); res.Status != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, res.Status, tt.want)
+		}
+	}
+	if m := e.metrics(t); !strings.Contains(m, `apisix_edge_jwt_verifications_total{outcome="rejected",reason="unsupported_crit"} 3`) {
+		t.Errorf("/metrics: want 3 unsupported_crit rejections")
 	}
 }
