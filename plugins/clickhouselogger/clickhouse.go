@@ -193,10 +193,10 @@ func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	if retryable == nil && len(ord) < len(c.servers) {
 		// Refused here, but servers in their down period were skipped:
 		// another attempt may reach one that takes the rows.
-		return fmt.Errorf("%d servers tried, none took the batch (%w): %w", tried, errUntried, err)
+		return fmt.Errorf("insert into %s: %d servers tried, none took the batch (%w): %w", table, tried, errUntried, err)
 	}
 	if tried > 1 {
-		return fmt.Errorf("%d servers tried, none took the batch: %w", tried, err)
+		return fmt.Errorf("insert into %s: %d servers tried, none took the batch: %w", table, tried, err)
 	}
 	return err
 }
