@@ -104,8 +104,8 @@ func (s *server) downErr() error {
 	return s.err
 }
 
-// insertsVec is apisix_edge_log_inserts_total: bounded labels, since the
-// addresses come from the runner config.
+// newInsertsVec builds apisix_edge_log_inserts_total. Its labels stay
+// bounded: the addresses come from the runner config.
 func newInsertsVec() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: core.Namespace, Name: "log_inserts_total",
