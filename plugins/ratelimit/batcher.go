@@ -62,6 +62,7 @@ var (
 
 type batcherStats struct {
 	roundTrips   atomic.Int64 // pipelines (or single calls) sent
+	queued       atomic.Int64 // decisions handed to the workers (not sent by their caller)
 	sent         atomic.Int64 // decisions sent
 	queueFull    atomic.Int64
 	queueTimeout atomic.Int64
@@ -74,6 +75,10 @@ type batcher struct {
 	timeout  time.Duration
 	maxBatch int
 	queue    chan *evalReq
+	// senders holds one token per round trip in flight (at most workers):
+	// a worker, or a caller that found the queue empty and a token free
+	// and sends itself (see do).
+	senders  chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -94,6 +99,7 @@ func newBatcher(client redis.UniversalClient, timeout time.Duration, workers, ma
 		timeout:  timeout,
 		maxBatch: maxBatch,
 		queue:    make(chan *evalReq, queue),
+		senders:  make(chan struct{}, max(workers, 1)),
 		stop:     make(chan struct{}),
 		errLate:  fmt.Errorf("redis eval: no reply within %s: %w", timeout, context.DeadlineExceeded),
 		base:     time.Now(),
@@ -116,11 +122,38 @@ func (b *batcher) close() {
 
 func (b *batcher) mono() int64 { return int64(time.Since(b.base)) }
 
+// callerRuns lets a caller send its own decision when it can (see do);
+// the benchmarks turn it off to measure the hand-off it saves.
+var callerRuns = true
+
 // do queues one decision and waits for its reply until the timeout.
+//
+// Caller runs: when nothing is queued and a sender token is free (fewer
+// round trips in flight than workers), the caller makes the round trip
+// itself, taking along whatever was queued meanwhile, instead of handing
+// its decision to a worker and waiting to be woken: at low concurrency
+// that saves two goroutine hand-offs per decision (measured at c=1: p50
+// 257-284 µs through a worker, 219-228 µs sent by the caller). Under load
+// the tokens are taken and decisions queue for the workers as before. The
+// caller's round trip is bounded by its own deadline (the latest of its
+// batch: the others queued before it).
 func (b *batcher) do(keys []string, args []any) (any, error) {
 	req := &evalReq{keys: keys, args: args, deadline: time.Now().Add(b.timeout), done: make(chan evalResult, 1)}
+	if callerRuns && len(b.queue) == 0 {
+		select {
+		case b.senders <- struct{}{}:
+			req.state.Store(reqTaken)
+			batch := b.drain(append(make([]*evalReq, 0, 4), req))
+			b.send(batch, nil)
+			<-b.senders
+			res := <-req.done
+			return res.reply, res.err
+		default:
+		}
+	}
 	select {
 	case b.queue <- req:
+		b.stats.queued.Add(1)
 	default:
 		b.stats.queueFull.Add(1)
 		b.drops[dropQueueFull].Inc()
@@ -161,33 +194,45 @@ func (b *batcher) run() {
 	batch := make([]*evalReq, 0, b.maxBatch)
 	cmds := make([]*redis.Cmd, 0, b.maxBatch)
 	for {
+		var first *evalReq
+		select {
+		case first = <-b.queue:
+		case <-b.stop:
+			return
+		}
+		select { // a round trip of its own may start now
+		case b.senders <- struct{}{}:
+		case <-b.stop:
+			return
+		}
+		if first.state.CompareAndSwap(reqQueued, reqTaken) {
+			batch = append(batch, first)
+		}
+		batch = b.drain(batch)
+		if len(batch) > 0 {
+			cmds = b.send(batch, cmds[:0])
+		}
+		<-b.senders
+		clear(batch)
+		batch = batch[:0]
+		clear(cmds)
+	}
+}
+
+// drain adds whatever else is queued right now to batch, up to maxBatch;
+// it never waits for more.
+func (b *batcher) drain(batch []*evalReq) []*evalReq {
+	for len(batch) < b.maxBatch {
 		select {
 		case req := <-b.queue:
 			if req.state.CompareAndSwap(reqQueued, reqTaken) {
 				batch = append(batch, req)
 			}
-		case <-b.stop:
-			return
+		default:
+			return batch
 		}
-		// Whatever else is queued right now; never wait for more.
-	drain:
-		for len(batch) < b.maxBatch {
-			select {
-			case req := <-b.queue:
-				if req.state.CompareAndSwap(reqQueued, reqTaken) {
-					batch = append(batch, req)
-				}
-			default:
-				break drain
-			}
-		}
-		if len(batch) > 0 {
-			cmds = b.send(batch, cmds[:0])
-		}
-		clear(batch)
-		batch = batch[:0]
-		clear(cmds)
 	}
+	return batch
 }
 
 // send makes one round trip for batch (a plain EVALSHA for one decision, a

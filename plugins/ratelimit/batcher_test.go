@@ -87,8 +87,9 @@ func TestBatcherLoneDecisionGoesAlone(t *testing.T) {
 	}
 }
 
-// TestBatcherSharesRoundTrips: decisions queued while the worker's round
-// trip is in flight leave together in the next one. Redis is frozen so
+// TestBatcherSharesRoundTrips: decisions queued while a round trip is in
+// flight (here sent by its own caller, the queue being empty and the
+// sender token free) leave together in the next one. Redis is frozen so
 // that the first round trip stays in flight while the test queues 50
 // more; after the thaw they make exactly one more round trip.
 func TestBatcherSharesRoundTrips(t *testing.T) {
@@ -119,7 +120,9 @@ func TestBatcherSharesRoundTrips(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); results[i] = send("k" + strconv.Itoa(i)) }()
 	}
-	waitFor(t, "50 decisions queued", func() bool { return len(b.queue) == n })
+	// The worker takes one of them and waits for the caller of "first" to
+	// free the one sender token (one worker): 49 stay in the queue.
+	waitFor(t, "50 decisions queued", func() bool { return b.stats.queued.Load() == n && len(b.queue) == n-1 })
 	if err := rd.Thaw(); err != nil {
 		t.Fatal(err)
 	}

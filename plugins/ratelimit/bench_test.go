@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -96,6 +97,34 @@ func BenchmarkRequestFilter(b *testing.B) {
 			}
 			if deg := e.decisions(outDegradedOpen); deg > 0 {
 				b.Logf("%d degraded decisions", deg)
+			}
+		})
+	}
+}
+
+// BenchmarkLoneDecision is one decision at a time (concurrency 1): the
+// latency a lone request adds, sent by a worker (the hand-off of v1), by
+// its own caller through the batcher, or with the batcher off.
+func BenchmarkLoneDecision(b *testing.B) {
+	rd := backing.MustRedis(b, backing.RedisOptions{})
+	for _, bc := range []struct {
+		name       string
+		pipe, runs bool
+	}{{"worker_handoff", true, false}, {"caller_runs", true, true}, {"no_pipeline", false, false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			pipe := bc.pipe
+			e := newEnv(b, redisCfg(b, rd.Addr(), func(r *Config) { r.Pipeline = &pipe }))
+			callerRuns = bc.runs
+			defer func() { callerRuns = true }()
+			c := mustConf(b, `{"limit":1000000000,"window":"1h","key":"header:X-Key","algorithm":"fixed_window"}`)
+			r := newReq("192.0.2.1")
+			r.hdr.Set("X-Key", "k")
+			e.do(c, r)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				r.resp = http.Header{}
+				e.do(c, r)
 			}
 		})
 	}
