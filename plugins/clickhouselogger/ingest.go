@@ -179,6 +179,12 @@ func (in *ingest) stop(ctx context.Context) {
 
 func listenReusePort(ctx context.Context, addr string) (net.Listener, error) {
 	lc := net.ListenConfig{Control: reusePort}
+	if _, port, _ := net.SplitHostPort(addr); port == "0" {
+		// An ephemeral port (tests) has no successor to share it with, and
+		// SO_REUSEPORT could join the group of another socket given the
+		// same port.
+		lc.Control = nil
+	}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("ingest listen: %w", err)
