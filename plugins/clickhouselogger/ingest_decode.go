@@ -749,13 +749,9 @@ func (d *ingestDecoder) scalar() (v []byte, isStr bool) {
 		return v, true
 	case c == '-' || ('0' <= c && c <= '9'):
 		start := d.i
-		for d.i < len(d.b) {
-			c := d.b[d.i]
-			if ('0' <= c && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-' {
-				d.i++
-				continue
-			}
-			break
+		if !d.number() {
+			d.fail("invalid number")
+			return nil, false
 		}
 		if d.i-start > d.maxField {
 			d.bad = rejectFieldTooLarge
@@ -772,6 +768,48 @@ func (d *ingestDecoder) scalar() (v []byte, isStr bool) {
 		d.skip()
 		return nil, false
 	}
+}
+
+// number passes over a JSON number: -? (0 | [1-9][0-9]*) (.[0-9]+)?
+// ([eE][+-]?[0-9]+)?, the longest match, as encoding/json reads it (so
+// "00" is two values). It reports false when no number starts here.
+func (d *ingestDecoder) number() bool {
+	b := d.b
+	i := d.i
+	digits := func() int {
+		n := 0
+		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case digits() == 0:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	d.i = i
+	return true
 }
 
 func (d *ingestDecoder) literal(lit string) []byte {
