@@ -118,3 +118,64 @@ func TestRLValidateConsumerWarning(t *testing.T) {
 		}
 	}
 }
+
+// TestRLDelayedSyncTwoRunners: two runner processes share one Redis, a
+// delayed-sync route (fixed_window, limit 100 a day, sync every 50 ms),
+// and requests alternate between them. Together they admit at least the
+// limit, and at most the limit plus what each received within one
+// interval and one flush round trip of slack (runners × interval × rate);
+// Redis' counter ends equal to what they admitted.
+func TestRLDelayedSyncTwoRunners(t *testing.T) {
+	rd := backing.MustRedis(t, backing.RedisOptions{})
+	var gws []*testbed.Gateway
+	for range 2 {
+		r := startRunner(t, rlConfig(0, rlStandalone(rd.Addr())), testbed.RunnerOptions{})
+		gws = append(gws, newGateway(t, r))
+	}
+	const interval = 50 * time.Millisecond
+	route := rlRoute("rl-sync", `{"limit":100,"window":"24h","algorithm":"fixed_window","sync_interval":"50ms","name":"sync2"}`)
+	for _, g := range gws { // each runner's pool dialed and scripts loaded
+		rlWaitRedisDecision(t, g, rlRoute("rl-sync-warm", `{"limit":1000,"window":"24h","algorithm":"fixed_window","sync_interval":"50ms","name":"warm"}`), "198.51.100.30", 5*time.Second)
+	}
+	sent := [2][]time.Time{}
+	admitted := 0
+	for i := 0; i < 400; i++ {
+		w := i % 2
+		sent[w] = append(sent[w], time.Now())
+		res := do(t, gws[w], route, rlReq("198.51.100.31"))
+		if res.Status == 200 {
+			if res.Headers.Get("X-RateLimit-Status") != "" {
+				t.Fatalf("request %d: degraded with Redis up", i)
+			}
+			admitted++
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The bound: per runner, the most requests it received within any
+	// span of two intervals (one interval plus a flush's slack).
+	bound := 100
+	for _, ts := range sent {
+		most, lo := 0, 0
+		for hi := range ts {
+			for ts[hi].Sub(ts[lo]) > 2*interval {
+				lo++
+			}
+			most = max(most, hi-lo+1)
+		}
+		bound += most
+	}
+	if admitted < 100 || admitted > bound {
+		t.Fatalf("got %d admitted by two runners, want 100 to %d", admitted, bound)
+	}
+	time.Sleep(3 * interval) // the last flushes
+	cl := rd.Client()
+	defer cl.Close()
+	keys, _ := cl.Keys(context.Background(), "edge:rl:{n:sync2*").Result()
+	if len(keys) != 1 {
+		t.Fatalf("got keys %v", keys)
+	}
+	if v := cl.Get(context.Background(), keys[0]).Val(); !strings.HasSuffix(v, " "+strconv.Itoa(admitted)) {
+		t.Fatalf("got Redis counter %q, want a count of %d", v, admitted)
+	}
+	t.Logf("%d admitted (limit 100, bound %d from the observed rates)", admitted, bound)
+}
