@@ -84,6 +84,7 @@ func BenchmarkCacheHitFeatures(b *testing.B) {
 		{"token_sources_third", `{` + base + `,"token_sources":["header:X-Token","query:jwt","cookie:at"]}`, "GET",
 			http.Header{"Cookie": {"theme=dark; at=" + tok}}, url.Values{"page": {"1"}}},
 		{"nested_claim", `{"provider":"kc","audience":"api","claims_to_headers":{"sub":"X-User-ID","resource_access.shop.tenant":"X-Tenant"}}`, "GET", bearer, nil},
+		{"nested_list_claim", `{"provider":"kc","audience":"api","claims_to_headers":{"sub":"X-User-ID","realm_access.roles":"X-Roles"}}`, "GET", bearer, nil},
 		{"forward_payload_header", `{` + base + `,"forward_payload_header":"X-JWT-Payload"}`, "GET", bearer, nil},
 		{"required_scopes", `{` + base + `,"required_scopes":["read:orders","openid"]}`, "GET", bearer, nil},
 		{"required_claim_values", `{` + base + `,"required_claim_values":{"tenant_id":["globex","acme"]}}`, "GET", bearer, nil},

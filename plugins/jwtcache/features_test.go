@@ -3,11 +3,13 @@ package jwtcache
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -519,4 +521,60 @@ func TestFileProviderWatched(t *testing.T) {
 			t.Errorf("%s: got state %s, want %s", s.name, got, s.state)
 		}
 	}
+}
+
+// TestHeaderValueMemo: list and object claims are rendered once per cached
+// token, the same text every time; scalars are not memoized; the memo is
+// bounded.
+func TestHeaderValueMemo(t *testing.T) {
+	all := map[string]any{"sub": "u", "realm_access": map[string]any{"roles": []any{"admin", "user"}}, "obj": map[string]any{"k": "v"}}
+	for i := 0; i < maxRendered+5; i++ {
+		all[fmt.Sprintf("l%d", i)] = []any{i}
+	}
+	c := newVerifiedClaims(all)
+	tests := []struct {
+		path string
+		want string
+		ok   bool
+	}{
+		{"realm_access.roles", `["admin","user"]`, true},
+		{"realm_access.roles", `["admin","user"]`, true},
+		{"obj", `{"k":"v"}`, true},
+		{"sub", "u", true},
+		{"missing.path", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := c.headerValue(newClaimPath(tt.path))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("headerValue(%s): got (%q, %v), want (%q, %v)", tt.path, got, ok, tt.want, tt.ok)
+		}
+	}
+	if n := len(*c.rendered.Load()); n != 2 {
+		t.Fatalf("got %d memoized values, want 2 (the list and the object)", n)
+	}
+	for i := 0; i < maxRendered+5; i++ {
+		p := newClaimPath(fmt.Sprintf("l%d", i))
+		if got, _ := c.headerValue(p); got != fmt.Sprintf("[%d]", i) {
+			t.Fatalf("l%d: got %q", i, got)
+		}
+	}
+	if n := len(*c.rendered.Load()); n != maxRendered {
+		t.Fatalf("got %d memoized values, want the bound %d", n, maxRendered)
+	}
+	// Concurrent hits of one cached token (run with -race).
+	shared := newVerifiedClaims(all)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 8; i++ {
+				p := newClaimPath(fmt.Sprintf("l%d", i))
+				if got, _ := shared.headerValue(p); got != fmt.Sprintf("[%d]", i) {
+					t.Errorf("concurrent l%d: got %q", i, got)
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -263,10 +263,8 @@ func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Requ
 		hdr.Del(h)
 	}
 	for _, ch := range rc.headers {
-		if c, ok := ch.claim.get(v.claims); ok {
-			if s, ok := claimHeaderValue(c); ok {
-				hdr.Set(ch.header, s)
-			}
+		if s, ok := v.vc.headerValue(ch.claim); ok {
+			hdr.Set(ch.header, s)
 		}
 	}
 	if rc.payloadHdr != "" {

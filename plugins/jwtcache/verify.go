@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -48,6 +49,52 @@ type verifiedClaims struct {
 	aud            jwt.ClaimStrings
 	audErr         error
 	scopes         []string // from scope and scp, parsed once
+	// rendered memoizes the header values of list and object claims
+	// (JSON), so that a cache hit does not marshal them again.
+	rendered atomic.Pointer[[]renderedClaim]
+}
+
+// renderedClaim is one memoized header value.
+type renderedClaim struct {
+	path  string
+	value string
+	ok    bool
+}
+
+// maxRendered bounds the memoized values of one token.
+const maxRendered = 32
+
+// headerValue is claimHeaderValue for the claim at path of these claims,
+// memoized when the value is a list or an object (strings, numbers and
+// booleans cost nothing to render).
+func (c *verifiedClaims) headerValue(cp claimPath) (string, bool) {
+	v, ok := cp.get(c.all)
+	if !ok {
+		return "", false
+	}
+	switch v.(type) {
+	case []any, map[string]any:
+	default:
+		return claimHeaderValue(v)
+	}
+	cur := c.rendered.Load()
+	if cur != nil {
+		for i := range *cur {
+			if r := &(*cur)[i]; r.path == cp.name {
+				return r.value, r.ok
+			}
+		}
+	}
+	s, ok := claimHeaderValue(v)
+	if cur == nil || len(*cur) < maxRendered {
+		var next []renderedClaim
+		if cur != nil {
+			next = append(next, *cur...)
+		}
+		next = append(next, renderedClaim{path: cp.name, value: s, ok: ok})
+		c.rendered.CompareAndSwap(cur, &next) // a lost race renders again next time
+	}
+	return s, ok
 }
 
 func newVerifiedClaims(m jwt.MapClaims) *verifiedClaims {
@@ -138,6 +185,7 @@ type verdict struct {
 	reason reason
 	status int // 0 when accepted
 	claims jwt.MapClaims
+	vc     *verifiedClaims // the same claims, with their memoized header values
 }
 
 var _ jwt.Claims = (*verifiedClaims)(nil)
@@ -302,7 +350,7 @@ func (m *JWTCache) checkClaims(rc *routeConf, rp *routeProv, alg string, claims 
 			return verdict{reason: reasonBadClaimValue, status: http.StatusForbidden}
 		}
 	}
-	return verdict{reason: reasonOK, claims: claims.all}
+	return verdict{reason: reasonOK, claims: claims.all, vc: claims}
 }
 
 // claimMatches: a string, number or boolean equal to one of values (as
