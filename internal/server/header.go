@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"net/textproto"
+	"strings"
 
 	"github.com/api7/ext-plugin-proto/go/A6"
 	flatbuffers "github.com/google/flatbuffers/go"
@@ -62,20 +63,74 @@ type entryVector struct {
 }
 
 // parseEntries reads at most maxEntries name/value pairs into h, names
-// canonicalized if canon (headers; args keep theirs).
+// canonicalized if canon (headers; args keep theirs). Every value shares
+// one string and every single-value slice one backing array, and common
+// header names come from a table, so a call's headers cost a handful of
+// allocations instead of three per header.
 func parseEntries(v entryVector, h map[string][]string, canon bool) {
 	var e A6.TextEntry
 	n := min(v.n, maxEntries)
+	total := 0
+	for i := 0; i < n; i++ {
+		if v.get(&e, i) {
+			total += len(e.Value())
+		}
+	}
+	var sb strings.Builder
+	sb.Grow(total)
+	for i := 0; i < n; i++ {
+		if v.get(&e, i) {
+			sb.Write(e.Value())
+		}
+	}
+	all := sb.String()
+	vals := make([]string, n)
+	off := 0
 	for i := 0; i < n; i++ {
 		if !v.get(&e, i) {
 			continue
 		}
-		k := string(e.Name())
+		val := all[off : off+len(e.Value())]
+		off += len(val)
+		var k string
 		if canon {
-			k = textproto.CanonicalMIMEHeaderKey(k)
+			k = canonicalKey(e.Name())
+		} else {
+			k = string(e.Name())
 		}
-		h[k] = append(h[k], string(e.Value()))
+		if old, ok := h[k]; ok {
+			h[k] = append(old, val)
+			continue
+		}
+		vals[i] = val
+		h[k] = vals[i : i+1 : i+1]
 	}
+}
+
+// commonHeaders maps the lower-case names APISIX sends to their canonical
+// form without allocating.
+var commonHeaders = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{
+		"Accept", "Accept-Encoding", "Accept-Language", "Authorization", "Cache-Control",
+		"Connection", "Content-Length", "Content-Type", "Cookie", "Host", "Origin",
+		"Referer", "User-Agent", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Port",
+		"X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id", "X-Api-Key", "X-Tenant-Id",
+		"X-Edge-Consumer", "X-User-Id", "Traceparent", "Access-Control-Request-Method",
+		"Access-Control-Request-Headers", "If-None-Match", "If-Modified-Since", "Pragma",
+		"Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Fetch-Dest", "Upgrade-Insecure-Requests",
+	} {
+		m[strings.ToLower(k)] = k
+		m[k] = k
+	}
+	return m
+}()
+
+func canonicalKey(name []byte) string {
+	if k, ok := commonHeaders[string(name)]; ok {
+		return k
+	}
+	return textproto.CanonicalMIMEHeaderKey(string(name))
 }
 
 // textEntries builds a vector of TextEntry tables with start as the
