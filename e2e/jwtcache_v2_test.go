@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/apisix-edge/edge-runner/testbed"
+	"github.com/apisix-edge/edge-runner/testbed/backing"
 	"github.com/apisix-edge/edge-runner/testbed/idp"
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -301,5 +302,44 @@ func TestJWTCritRejected(t *testing.T) {
 	}
 	if m := e.metrics(t); !strings.Contains(m, `apisix_edge_jwt_verifications_total{outcome="rejected",reason="unsupported_crit"} 3`) {
 		t.Errorf("/metrics: want 3 unsupported_crit rejections")
+	}
+}
+
+// TestJWTVerifiedConsumerKeysRateLimit: ratelimit key "consumer" after
+// jwtcache counts the consumer jwtcache verified (consumer_claim azp), never
+// a client-sent X-Edge-Consumer.
+func TestJWTVerifiedConsumerKeysRateLimit(t *testing.T) {
+	backing.MustRequire(t, backing.RedisServer)
+	rd := backing.MustRedis(t, backing.RedisOptions{})
+	s := jwtNewIdP(t, jwtRS("rs-1", 0))
+	e := startWithAdmin(t, "jwks:\n  providers:\n"+jwtProvider("main", s.URL, "")+"redis:\n"+rlStandalone(rd.Addr()), testbed.RunnerOptions{})
+	jwtWaitFetched(t, s, 1)
+	route := &testbed.Route{ID: "jwt-rl", PreReq: []testbed.PluginConf{
+		{Name: "jwtcache", Value: `{"provider":"main","consumer_claim":"azp"}`},
+		{Name: "ratelimit", Value: `{"limit":2,"window":"1m","name":"jwtrl","key":"consumer"}`},
+	}}
+	alice := func(sub string) string {
+		return jwtSign(t, jwtRS("rs-1", 0), map[string]any{"azp": "alice", "sub": sub})
+	}
+	bob := jwtSign(t, jwtRS("rs-1", 0), map[string]any{"azp": "bob"})
+	tests := []struct {
+		name string
+		req  *testbed.Request
+		want int
+	}{
+		{"alice 1", jwtBearer(alice("s1")), 200},
+		{"alice 2, another sub", jwtBearer(alice("s2")), 200},
+		{"alice 3: over the limit", jwtBearer(alice("s3")), 429},
+		{"alice claiming to be carol in the header", jwtBearer(alice("s4"), "X-Edge-Consumer", "carol"), 429},
+		{"bob", jwtBearer(bob, "X-Edge-Consumer", "alice"), 200},
+	}
+	for _, tt := range tests {
+		res := do(t, e.g, route, tt.req)
+		if res.Status != tt.want {
+			t.Errorf("%s: got %d (%s), want %d", tt.name, res.Status, res.Body, tt.want)
+		}
+		if tt.want == 200 && res.Upstream.Headers.Get("X-Edge-Consumer") == "" {
+			t.Errorf("%s: upstream without X-Edge-Consumer", tt.name)
+		}
 	}
 }
