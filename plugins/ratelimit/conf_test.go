@@ -196,3 +196,43 @@ func ExampleParseConf() {
 	// limit: is required and must be between 1 and 1000000, got 0
 	// key: must be remote_addr, consumer, route, header:<Name>, arg:<name>, var:<name> or const:<name>, got "ip"
 }
+
+// ExampleParseConf_rules shows a conf with several rules and the way a
+// problem names its rule.
+func ExampleParseConf_rules() {
+	c, err := ParseConf([]byte(`{"key":"consumer","headers":"ietf","rules":[
+		{"limit":10,"window":"1s"},
+		{"limit":10000,"window":"24h","algorithm":"fixed_window"}]}`))
+	fmt.Println(len(c.rules), c.KeysOnConsumer(), err)
+	_, err = ParseConf([]byte(`{"rules":[{"limit":10,"window":"1s"},{"limit":5,"window":"400d","algorithm":"fixed_window"}]}`))
+	for _, p := range core.Problems(err) {
+		fmt.Println(p)
+	}
+	// Output:
+	// 2 true <nil>
+	// rules[1].window: must be a duration string such as "1s" or "250ms", got "400d"
+}
+
+func FuzzParseOverride(f *testing.F) {
+	for _, s := range []string{"500", "500/1m", "unlimited", " 7/250ms ", "9007199254740992/8784h", "0", "-1/1s", "5/", "/1s"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		o, err := parseOverride(s)
+		if err != nil {
+			if o != (override{}) {
+				t.Fatalf("got %+v with an error", o)
+			}
+			return
+		}
+		if o.unlimited {
+			if o.limit != 0 || o.window != 0 {
+				t.Fatalf("unlimited with limit %d window %s", o.limit, o.window)
+			}
+			return
+		}
+		if o.limit < 1 || o.limit > maxLimitO1 || o.window < 0 || o.window > maxWindowO1 || o.window%time.Millisecond != 0 {
+			t.Fatalf("accepted %q as %+v", s, o)
+		}
+	})
+}
