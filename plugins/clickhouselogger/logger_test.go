@@ -50,6 +50,10 @@ func (w *testResponse) Var(name string) ([]byte, error) {
 	return nil, nil
 }
 func (w *testResponse) ReadBody() ([]byte, error) { return nil, nil }
+
+// VisitHeaders reads the response headers read-only, as the runner's
+// server's responses do (core.ResponseHeaderVisitor).
+func (w *testResponse) VisitHeaders(fn func(name, value []byte)) { (&visitor{w.r}).VisitHeaders(fn) }
 func (w *testResponse) Write(b []byte) (int, error) {
 	w.changed = append(w.changed, "Write")
 	return len(b), nil
