@@ -9,9 +9,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
@@ -206,7 +206,7 @@ func reject(r reason) verdict {
 // validator then requires that very iss.
 func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 	now := m.now()
-	hash := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token))) // read only: no copy
+	hash := tokenHash(token)
 	if len(rc.provs) == 1 {
 		return m.verifyWith(rc, &rc.provs[0], token, hash, now)
 	}
@@ -540,4 +540,20 @@ func claimHeaderValue(v any) (string, bool) {
 		}
 	}
 	return s, true
+}
+
+// tokenBufs recycles the buffers tokenHash copies tokens into: hashing a
+// string needs its bytes, and a conversion would allocate on every hit.
+var tokenBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// tokenHash is the SHA-256 of token, the key of the verified-token cache.
+func tokenHash(token string) [32]byte {
+	bp := tokenBufs.Get().(*[]byte)
+	b := append((*bp)[:0], token...)
+	h := sha256.Sum256(b)
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		tokenBufs.Put(bp)
+	}
+	return h
 }
