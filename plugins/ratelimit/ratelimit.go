@@ -95,8 +95,9 @@ type RateLimit struct {
 	started atomic.Bool
 	counts  [numOutcomes]atomic.Int64 // by outcome
 
-	syncMu  sync.Mutex
-	syncers map[time.Duration]*syncer // delayed sync, by interval
+	syncMu   sync.Mutex
+	syncers  map[time.Duration]*syncer // delayed sync, by interval (a new map on each change)
+	syncView atomic.Pointer[map[time.Duration]*syncer]
 }
 
 var _ plugin.Plugin = (*RateLimit)(nil)

@@ -114,18 +114,27 @@ type syncer struct {
 }
 
 // syncerFor returns the syncer of interval, starting it on first use.
+// Requests read a copy-on-write map without a lock.
 func (r *RateLimit) syncerFor(interval time.Duration) *syncer {
+	if m := r.syncView.Load(); m != nil {
+		if s, ok := (*m)[interval]; ok {
+			return s
+		}
+	}
 	r.syncMu.Lock()
 	defer r.syncMu.Unlock()
 	if s, ok := r.syncers[interval]; ok {
 		return s
 	}
-	if r.syncers == nil {
-		r.syncers = map[time.Duration]*syncer{}
-	}
 	c, _ := lru.New[string, *syncEntry](r.cfg.LocalMaxKeys)
 	s := &syncer{r: r, interval: interval, entries: c, stop: make(chan struct{}), done: make(chan struct{})}
-	r.syncers[interval] = s
+	view := make(map[time.Duration]*syncer, len(r.syncers)+1)
+	for k, v := range r.syncers {
+		view[k] = v
+	}
+	view[interval] = s
+	r.syncers = view
+	r.syncView.Store(&view)
 	go s.run()
 	return s
 }
@@ -150,6 +159,7 @@ func (r *RateLimit) closeSyncers() {
 	r.syncMu.Lock()
 	ss := r.syncers
 	r.syncers = nil
+	r.syncView.Store(nil)
 	r.syncMu.Unlock()
 	for _, s := range ss {
 		close(s.stop)
