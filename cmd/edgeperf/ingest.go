@@ -163,12 +163,12 @@ clickhouse:
 	}
 	var prof sync.WaitGroup
 	if o.profile != "" {
-		// -profile: the runner's CPU profile over the first seconds of the
-		// run, in DIR/ingest.pprof.
+		// -profile: the runner's CPU profile over the run (taking the
+		// batches, then inserting them), in DIR/ingest.pprof.
 		prof.Add(1)
 		go func() {
 			defer prof.Done()
-			resp, err := http.Get(admin + "/debug/pprof/profile?seconds=3")
+			resp, err := http.Get(admin + "/debug/pprof/profile?seconds=6")
 			if err != nil {
 				return
 			}
