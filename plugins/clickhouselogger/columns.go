@@ -52,11 +52,6 @@ var builtinColumns = []tableColumn{
 	{name: "retry_after", old: "Int64", def: "-1"},
 }
 
-// firstLogPhaseColumn is the index of the first column added with the
-// log-phase path: a table created by an earlier release lacks it and the
-// ones after it (create_table adds them).
-const firstLogPhaseColumn = 16
-
 // Values of the source column.
 var sourceNames = [...]string{sourcePostResp: "post_resp", sourceLog: "http_logger"}
 

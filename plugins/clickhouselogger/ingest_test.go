@@ -123,10 +123,6 @@ func checkIngestIdentity(t testing.TB, l *Logger) *IngestSnapshot {
 	return s
 }
 
-// rowColumns are the columns a row is compared on, in this order.
-const rowColumns = "toUnixTimestamp(ts), route_id, method, host, path, status, latency_ms, client_ip, user_agent, tenant, consumer, " +
-	"source, service_id, upstream_addr, upstream_latency_ms, apisix_latency_ms, bytes_sent, request_length, rl_status, rl_limit, rl_remaining, retry_after"
-
 // queryRows returns request_id -> the row's columns, joined by "|".
 func queryRows(t testing.TB, ch *backing.ClickHouse, where string) map[string]string {
 	t.Helper()
