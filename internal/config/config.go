@@ -190,6 +190,9 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Redis.Validate()...)
 	errs = append(errs, c.ClickHouse.Validate()...)
+	if in := c.ClickHouse.Ingest.Listen; in != "off" && in == c.Admin.Listen {
+		errs = append(errs, core.Fieldf("clickhouse.ingest.listen", "must differ from admin.listen, got %q for both", in))
+	}
 	errs = append(errs, c.JWKS.Validate()...)
 	return errors.Join(errs...)
 }

@@ -38,6 +38,7 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "bad level", doc: "log:\n  level: loud\n", wantErr: "log.level: must be one of"},
 		{name: "bad admin", doc: "admin:\n  listen: nope\n", wantErr: "admin.listen: must be host:port"},
+		{name: "ingest on the admin port", doc: "admin:\n  listen: 127.0.0.1:9543\n", wantErr: `clickhouse.ingest.listen: must differ from admin.listen, got "127.0.0.1:9543" for both`},
 		{name: "env expansion", doc: "admin:\n  listen: ${ADDR}\n", env: map[string]string{"ADDR": "127.0.0.1:1"}, check: func(c *Config) string {
 			if c.Admin.Listen != "127.0.0.1:1" {
 				return "got " + c.Admin.Listen
