@@ -232,9 +232,9 @@ func (in *ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	max := in.cfg.MaxBodyBytes
-	if r.ContentLength > max {
-		in.refuse(w, resTooLarge, http.StatusRequestEntityTooLarge, "body over clickhouse.ingest.max_body_bytes ("+strconv.FormatInt(max, 10)+")", nil)
+	limit := in.cfg.MaxBodyBytes
+	if r.ContentLength > limit {
+		in.refuse(w, resTooLarge, http.StatusRequestEntityTooLarge, "body over clickhouse.ingest.max_body_bytes ("+strconv.FormatInt(limit, 10)+")", nil)
 		return
 	}
 	var slot *ingestSlot
@@ -244,17 +244,17 @@ func (in *ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer func() { in.slots <- slot }()
-	body, err := readBody(r.Body, r.ContentLength, max, slot.body[:0])
+	body, err := readBody(r.Body, r.ContentLength, limit, slot.body[:0])
 	slot.body = body[:0]
 	if errors.Is(err, errBodyTooLarge) {
-		in.refuse(w, resTooLarge, http.StatusRequestEntityTooLarge, "body over clickhouse.ingest.max_body_bytes ("+strconv.FormatInt(max, 10)+")", nil)
+		in.refuse(w, resTooLarge, http.StatusRequestEntityTooLarge, "body over clickhouse.ingest.max_body_bytes ("+strconv.FormatInt(limit, 10)+")", nil)
 		return
 	}
 	if err != nil {
 		in.refuse(w, resMalformed, http.StatusBadRequest, "cannot read the body", err)
 		return
 	}
-	if cap(slot.body) > int(max) {
+	if cap(slot.body) > int(limit) {
 		slot.body = nil
 	}
 	rows, st, err := slot.dec.decode(body, in.l.now().UnixMilli(), slot.rows[:0])
@@ -309,8 +309,9 @@ func (in *ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 var errBodyTooLarge = errors.New("body too large")
 
-// readBody reads at most max bytes into buf.
-func readBody(r io.Reader, length, max int64, buf []byte) ([]byte, error) {
+// readBody reads the body (length bytes, or up to EOF when unknown) into
+// buf, refusing more than limit bytes.
+func readBody(r io.Reader, length, limit int64, buf []byte) ([]byte, error) {
 	if length >= 0 {
 		if int64(cap(buf)) < length {
 			buf = make([]byte, 0, length)
@@ -327,7 +328,7 @@ func readBody(r io.Reader, length, max int64, buf []byte) ([]byte, error) {
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if int64(len(buf)) > max {
+		if int64(len(buf)) > limit {
 			return buf[:0], errBodyTooLarge
 		}
 		if err == io.EOF {

@@ -778,3 +778,34 @@ func TestRecommendedLogFormat(t *testing.T) {
 		}
 	}
 }
+
+// TestIngestChunkedBody: a body without Content-Length (chunked) is read up
+// to max_body_bytes, and refused past it.
+func TestIngestChunkedBody(t *testing.T) {
+	t.Parallel()
+	rig := startIngest(t, "  addrs: [\"127.0.0.1:1\"]\n  flush_interval: 1h\n  ingest: {listen: \"127.0.0.1:0\", max_body_bytes: 4096}\n", nil)
+	defer shutdown(t, rig.l)
+	for _, tt := range []struct {
+		n        int
+		wantCode int
+	}{{10, 200}, {200, 413}} {
+		body := strings.Repeat(`{"route_id":"r","status":"200"}`+"\n", tt.n)
+		// io.MultiReader hides the length: the client sends it chunked
+		req, err := http.NewRequest(http.MethodPost, "http://"+rig.addr+IngestPath, io.MultiReader(strings.NewReader(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.wantCode {
+			t.Errorf("%d entries chunked: got %d %s, want %d", tt.n, resp.StatusCode, msg, tt.wantCode)
+		}
+	}
+	if s := checkIngestIdentity(t, rig.l); s.Enqueued != 10 || s.Batches[resTooLarge] != 1 {
+		t.Errorf("got %+v, want 10 enqueued and one batch too large", s)
+	}
+}
