@@ -81,7 +81,7 @@ func TestRLRulesOneRoundTrip(t *testing.T) {
 		t.Fatalf("got sliding_window keys %v, want 2", keys)
 	}
 	for _, k := range keys {
-		if v := cl.Get(ctx, k).Val(); strings.Contains(k, "198.51.100.21") && !strings.Contains(v, " 3 ") {
+		if v := cl.Get(ctx, k).Val(); strings.Contains(k, "198.51.100.21") && v != "3" {
 			t.Errorf("sliding_window counter %s = %q, want a count of 3 (rejections consume nothing)", k, v)
 		}
 	}
@@ -174,7 +174,7 @@ func TestRLDelayedSyncTwoRunners(t *testing.T) {
 	if len(keys) != 1 {
 		t.Fatalf("got keys %v", keys)
 	}
-	if v := cl.Get(context.Background(), keys[0]).Val(); !strings.HasSuffix(v, " "+strconv.Itoa(admitted)) {
+	if v := cl.Get(context.Background(), keys[0]).Val(); v != strconv.Itoa(admitted) {
 		t.Fatalf("got Redis counter %q, want a count of %d", v, admitted)
 	}
 	t.Logf("%d admitted (limit 100, bound %d from the observed rates)", admitted, bound)

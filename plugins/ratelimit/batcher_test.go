@@ -270,7 +270,7 @@ func TestBatcherNoScriptRecovers(t *testing.T) {
 	for i := range reqs {
 		reqs[i] = &evalReq{
 			keys:     []string{"edge:rl:{noscript||a:" + strconv.Itoa(i) + "}"},
-			args:     []any{"", "m" + strconv.Itoa(i), "l", 5, int64(60000), 1},
+			args:     []any{"", "m" + strconv.Itoa(i), "l", 5, int64(60000), 1, 0},
 			deadline: time.Now().Add(time.Minute),
 			done:     make(chan evalResult, 1),
 		}
@@ -307,7 +307,7 @@ func TestBatcherCluster(t *testing.T) {
 	for i := range reqs {
 		reqs[i] = &evalReq{
 			keys:     []string{"edge:rl:{cluster||a:" + strconv.Itoa(i) + "}"},
-			args:     []any{"", "m", "l", 1, int64(60000), 1},
+			args:     []any{"", "m", "l", 1, int64(60000), 1, 0},
 			deadline: time.Now().Add(5 * time.Second),
 			done:     make(chan evalResult, 1),
 		}

@@ -249,7 +249,8 @@ type decision struct {
 	window    [maxRules]time.Duration
 	cost      [maxRules]int64
 	v         [maxRules]ruleVerdict
-	args      [2 + 4*maxRules]any
+	args      [2 + 5*maxRules]any
+	skeys     [2 * maxRules]string // the script's keys: one per rule, two for sliding_window
 	override  bool // rule 0's limit or window comes from a tenant override
 	unlimited bool // a tenant override says "unlimited"
 }
@@ -523,6 +524,8 @@ func (r *RateLimit) eval(c *Conf, d *decision, now time.Time) (bool, error) {
 	}
 	args := d.args[:0]
 	args = append(args, nowArg, member)
+	keys := d.skeys[:0]
+	ms := now.UnixMilli()
 	for i := 0; i < d.n; i++ {
 		ru := &c.rules[i]
 		limit, window, cost := ru.argLimit, ru.argWindow, ru.argCost
@@ -532,9 +535,21 @@ func (r *RateLimit) eval(c *Conf, d *decision, now time.Time) (bool, error) {
 		if cost == nil {
 			cost = d.cost[i]
 		}
-		args = append(args, ru.argAlg, limit, window, cost)
+		if ru.alg == algSlidingLog {
+			keys = append(keys, d.keys[i])
+			args = append(args, ru.argAlg, limit, window, cost, argZero)
+			continue
+		}
+		// The O(1) algorithms count in one key per window, named by the
+		// window's index on the runner's clock (see windowKey).
+		wms := d.window[i].Milliseconds()
+		idx := ms / wms
+		keys = append(keys, windowKey(d.keys[i], idx))
+		if ru.alg == algSlidingWindow {
+			keys = append(keys, windowKey(d.keys[i], idx-1))
+		}
+		args = append(args, ru.argAlg, limit, window, cost, ms%wms)
 	}
-	keys := d.keys[:d.n]
 	var res any
 	var err error
 	if r.batch != nil {
@@ -549,6 +564,16 @@ func (r *RateLimit) eval(c *Conf, d *decision, now time.Time) (bool, error) {
 		return false, err
 	}
 	return parseVerdict(res, d.v[:d.n])
+}
+
+// argZero is the elapsed-time argument of a sliding_log rule (unused).
+var argZero any = int64(0)
+
+// windowKey is the counter of one window of an O(1) rule: the rule's key
+// and the window's index since the epoch (UTC), so a 24h window starts at
+// midnight UTC.
+func windowKey(key string, idx int64) string {
+	return key + ":" + strconv.FormatInt(idx, 10)
 }
 
 // algArg is each algorithm as the script's argument.

@@ -120,6 +120,7 @@ func TestConcurrentExactness(t *testing.T) {
 }
 
 func TestKeys(t *testing.T) {
+	yearIdx := strconv.FormatInt(time.Now().UnixMilli()/(8784*time.Hour).Milliseconds(), 10)
 	rd := backing.MustRedis(t, backing.RedisOptions{})
 	e := newEnv(t, redisCfg(t, rd.Addr(), nil))
 	cl := rd.Client()
@@ -145,11 +146,13 @@ func TestKeys(t *testing.T) {
 		}, "edge:rl:{n:k10||c:alice|h:key-1}", false},
 		{"const", `{"limit":5,"window":"1m","name":"k11","key":"const:global"}`, nil, "edge:rl:{n:k11||k:global}", false},
 		{"route", `{"limit":5,"window":"1m","name":"k12","key":["route","remote_addr"]}`, func(r *testReq) { r.vars = map[string]string{"route_id": "r9"} }, "edge:rl:{n:k12||r:r9|a:192.0.2.9}", false},
-		{"fixed_window rule", `{"limit":5,"window":"1m","name":"k13","algorithm":"fixed_window"}`, nil, "edge:rl:{n:k13||a:192.0.2.9}:f60000", false},
-		{"rules share the common part as hash tag", `{"name":"k14","key":"consumer","rules":[{"limit":5,"window":"1s"},{"limit":50,"window":"1h","algorithm":"sliding_window","key":["consumer","arg:u"]}]}`, func(r *testReq) {
+		// The O(1) algorithms add the window's index (366-day windows: it
+		// changes once a year, not during the test).
+		{"fixed_window rule", `{"limit":5,"window":"8784h","name":"k13","algorithm":"fixed_window"}`, nil, "edge:rl:{n:k13||a:192.0.2.9}:f31622400000:" + yearIdx, false},
+		{"rules share the common part as hash tag", `{"name":"k14","key":"consumer","rules":[{"limit":5,"window":"1s"},{"limit":50,"window":"8784h","algorithm":"sliding_window","key":["consumer","arg:u"]}]}`, func(r *testReq) {
 			core.SetVerifiedConsumer(r, "bob")
 			r.args.Set("u", "x")
-		}, "edge:rl:{n:k14||c:bob}:s3600000|q:x", false},
+		}, "edge:rl:{n:k14||c:bob}:s31622400000|q:x:" + yearIdx, false},
 		{"huge header is hashed", `{"limit":5,"window":"1m","name":"k8","key":"header:X-Api-Key"}`, func(r *testReq) { r.hdr.Set("X-Api-Key", string(make([]byte, 100000))) },
 			"edge:rl:{n:k8||h:" + boundKey(string(make([]byte, 100000))) + "}", false},
 		{"tenant", `{"limit":5,"window":"1m","name":"k9","tenant_header":"X-Tenant"}`, func(r *testReq) { r.hdr.Set("X-Tenant", "acme") }, "edge:rl:{n:k9|acme|a:192.0.2.9}", false},

@@ -16,53 +16,96 @@ import (
 // consumes nothing from the others. Keys always get a TTL, so that an
 // allkeys-lru eviction can only cause a temporary undercount.
 //
-// KEYS[i] is rule i's counter; all keys of one request share a Cluster
-// hash tag. ARGV[1] is the time in ms or "" for Redis' own clock, ARGV[2]
-// a member unique across runners and requests (sliding_log), then four
-// per rule: algorithm ("l" sliding_log, "s" sliding_window, "f"
-// fixed_window), limit, window in ms, cost.
+// ARGV[1] is the time in ms or "" for Redis' own clock (sliding_log), ARGV[2]
+// a member unique across runners and requests (sliding_log), then five per
+// rule: algorithm ("l" sliding_log, "s" sliding_window, "f" fixed_window),
+// limit, window in ms, cost, and the ms elapsed in the current window
+// (O(1) rules; 0 for sliding_log). KEYS: one per rule, in order, and two
+// for sliding_window (the current window's counter, then the previous
+// one's). All keys of one request share a Cluster hash tag.
 //
 // Per algorithm:
-//   - l: a sorted set of request ids scored by time in ms; entries older
-//     than the window are dropped, the rest counted; a request of cost c
-//     adds c entries. On a rejection, the time until enough entries leave
+//   - l: a sorted set of request ids scored by Redis' time in ms; entries
+//     older than the window are dropped, the rest counted; a request of cost
+//     c adds c entries. On a rejection, the time until enough entries leave
 //     is read with one ZRANGE.
-//   - f: a string "<window index> <count>", windows aligned to the epoch
-//     (index = floor(now / window)); it expires at the window's end.
-//   - s: a string "<window index> <count> <previous window's count>"; the
-//     estimate is previous × (share of the sliding window still over the
-//     previous fixed window) + count. It expires one window after the
-//     current one ends (it is then the previous window).
+//   - f: an integer counter per window (its index, on the runner's clock,
+//     is in the key name), expiring at the window's end.
+//   - s: the same counters; the estimate is previous × (share of the sliding
+//     window still over the previous window) + current. A counter expires
+//     one window after its own ends (it is then the previous one).
+//
+// One O(1) rule alone takes a fast path: INCRBY first (PEXPIRE when the
+// counter is new, GET of the previous counter for s) and DECRBY back when
+// the request does not fit: one Redis call for most fixed_window decisions
+// instead of a read and a write. It applies while limit + cost < 2^53, so
+// that every count stays exact in a Lua number.
 //
 // It returns {allowed 0|1, then per rule: fits 0|1, remaining, ms until
 // reset}. For a rule with room, reset is when the quota is fully back; for
 // one without, when the request's cost would fit (Retry-After).
-//
-// The time is Redis' (TIME) in production: every runner of every gateway
-// node then judges a key against one clock, so runner clock skew can
-// neither stretch nor shrink a window. Scripts may call TIME since Redis 5
-// (effects replication), and the keys of one request live on one server,
-// so one clock per request also holds in Cluster. ARGV[1] exists for
-// tests, which move time instead of sleeping.
 const decideSrc = `
+local nargs = #ARGV
+local n = (nargs - 2) / 5
 local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = t[1] * 1000 + math.floor(t[2] / 1000)
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+  return now
 end
-local n = #KEYS
+if n == 1 and ARGV[3] ~= 'l' and tonumber(ARGV[4]) + tonumber(ARGV[6]) < 9007199254740992 then
+  local alg = ARGV[3]
+  local limit = tonumber(ARGV[4])
+  local window = tonumber(ARGV[5])
+  local cost = tonumber(ARGV[6])
+  local el = tonumber(ARGV[7])
+  local p = 0
+  local ttl = window - el
+  if alg == 's' then
+    p = tonumber(redis.call('GET', KEYS[2]) or 0)
+    ttl = ttl + window
+  end
+  local c = redis.call('INCRBY', KEYS[1], cost)
+  if c == cost then redis.call('PEXPIRE', KEYS[1], ttl) end
+  local before = c - cost
+  local est = before
+  if alg == 's' then est = p * (window - el) / window + before end
+  if cost <= limit - est then
+    return {1, 1, math.floor(limit - est - cost), ttl}
+  end
+  redis.call('DECRBY', KEYS[1], cost)
+  local reset = window - el
+  if alg == 's' then
+    local need = limit - cost - before
+    if cost > limit then
+      reset = window
+    elseif need >= 0 then
+      reset = math.ceil(window - need * window / p) - el
+    else
+      reset = window - el + math.ceil(window - (limit - cost) * window / before)
+    end
+    if reset < 1 then reset = 1 end
+  end
+  local rem = math.floor(limit - est)
+  if rem < 0 then rem = 0 end
+  return {0, 0, rem, reset}
+end
 local out = {1}
-local putv, putt
+local k = 1
+local cur = {}
 for i = 1, n do
-  local key = KEYS[i]
-  local b = (i - 1) * 4
-  local alg = ARGV[b + 3]
-  local limit = tonumber(ARGV[b + 4])
-  local window = tonumber(ARGV[b + 5])
-  local cost = tonumber(ARGV[b + 6])
+  local b = 2 + (i - 1) * 5
+  local alg = ARGV[b + 1]
+  local limit = tonumber(ARGV[b + 2])
+  local window = tonumber(ARGV[b + 3])
+  local cost = tonumber(ARGV[b + 4])
+  local key = KEYS[k]
   local fits, rem, reset
   if alg == 'l' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local t = clock()
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', t - window)
     local c = redis.call('ZCARD', key)
     fits = cost <= limit - c
     reset = window
@@ -71,53 +114,30 @@ for i = 1, n do
     else
       rem = limit - c
       if cost <= limit then
-        local k = c + cost - limit - 1
-        local o = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
-        if o[2] then reset = o[2] + window - now end
+        local j = c + cost - limit - 1
+        local o = redis.call('ZRANGE', key, j, j, 'WITHSCORES')
+        if o[2] then reset = o[2] + window - t end
       end
     end
+    k = k + 1
   else
-    local idx = math.floor(now / window)
-    local el = now - idx * window
+    local el = tonumber(ARGV[b + 5])
     local c, p = 0, 0
-    local v = redis.call('GET', key)
-    if v then
-      local sp1 = string.find(v, ' ', 1, true)
-      local si = tonumber(string.sub(v, 1, sp1 - 1))
-      local sp2 = string.find(v, ' ', sp1 + 1, true)
-      if si == idx then
-        if sp2 then
-          c = tonumber(string.sub(v, sp1 + 1, sp2 - 1))
-          p = tonumber(string.sub(v, sp2 + 1))
-        else
-          c = tonumber(string.sub(v, sp1 + 1))
-        end
-      elseif si == idx - 1 then
-        if sp2 then p = tonumber(string.sub(v, sp1 + 1, sp2 - 1)) else p = tonumber(string.sub(v, sp1 + 1)) end
-      end
-    end
     if alg == 'f' then
+      c = tonumber(redis.call('GET', key) or 0)
+      k = k + 1
       fits = cost <= limit - c
       reset = window - el
-      if fits then
-        rem = limit - c - cost
-        if not putv then putv, putt = {}, {} end
-        local nc = c + cost
-        if nc < 1e14 then putv[i] = idx .. ' ' .. nc else putv[i] = string.format('%d %d', idx, nc) end
-        putt[i] = window - el
-      else
-        rem = limit - c
-      end
+      if fits then rem = limit - c - cost else rem = limit - c end
     else
+      local v = redis.call('MGET', key, KEYS[k + 1])
+      c, p = tonumber(v[1] or 0), tonumber(v[2] or 0)
+      k = k + 2
       local est = p * (window - el) / window + c
       fits = cost <= limit - est
       if fits then
         rem = math.floor(limit - est - cost)
         reset = 2 * window - el
-        if not putv then putv, putt = {}, {} end
-        local nc = c + cost
-        if nc < 1e14 and p < 1e14 then putv[i] = idx .. ' ' .. nc .. ' ' .. p else putv[i] = string.format('%d %d %d', idx, nc, p) end
-        putt[i] = 2 * window - el
       else
         rem = math.floor(limit - est)
         local need = limit - cost - c
@@ -139,11 +159,13 @@ for i = 1, n do
   out[o + 2] = reset
 end
 if out[1] == 1 then
+  k = 1
   for i = 1, n do
-    local key = KEYS[i]
-    local b = (i - 1) * 4
-    if ARGV[b + 3] == 'l' then
-      local cost = tonumber(ARGV[b + 6])
+    local b = 2 + (i - 1) * 5
+    local alg = ARGV[b + 1]
+    local cost = tonumber(ARGV[b + 4])
+    local key = KEYS[k]
+    if alg == 'l' then
       if cost == 1 then
         redis.call('ZADD', key, now, ARGV[2])
       else
@@ -154,9 +176,14 @@ if out[1] == 1 then
         end
         redis.call('ZADD', key, unpack(m))
       end
-      redis.call('PEXPIRE', key, ARGV[b + 5])
+      redis.call('PEXPIRE', key, ARGV[b + 3])
+      k = k + 1
     else
-      redis.call('SET', key, putv[i], 'PX', putt[i])
+      local window = tonumber(ARGV[b + 3])
+      local ttl = window - tonumber(ARGV[b + 5])
+      if alg == 's' then ttl = ttl + window end
+      if redis.call('INCRBY', key, cost) == cost then redis.call('PEXPIRE', key, ttl) end
+      if alg == 's' then k = k + 2 else k = k + 1 end
     end
   end
 end

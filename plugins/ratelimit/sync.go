@@ -36,49 +36,24 @@ import (
 // the runner-local limiter, marked degraded, and the increments wait for
 // the next successful flush.
 
-// syncSrc adds one runner's increment to a key, in the representation of
-// decideSrc, and returns the totals of the window and of the one before.
+// syncSrc adds one runner's increment to a window's counter (the keys of
+// decideSrc) and returns that counter and, for sliding_window, the
+// previous window's.
 //
-// KEYS[1] the counter; ARGV[1] algorithm ("s" or "f"), ARGV[2] window in
-// ms, ARGV[3] the window index of the increment, ARGV[4] the increment,
-// ARGV[5] the runner's time in ms (for the TTL).
+// KEYS[1] the window's counter, KEYS[2] the previous one (s only); ARGV[1]
+// algorithm ("s" or "f"), ARGV[2] the increment, ARGV[3] the TTL in ms for
+// a new counter.
 const syncSrc = `
-local key = KEYS[1]
-local alg = ARGV[1]
-local window = tonumber(ARGV[2])
-local idx = tonumber(ARGV[3])
-local delta = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
-local c, p = 0, 0
-local v = redis.call('GET', key)
-if v then
-  local si, sc, sp = string.match(v, '^(%d+) (%d+) ?(%d*)')
-  si = tonumber(si)
-  if si == idx then
-    c = tonumber(sc)
-    p = tonumber(sp) or 0
-  elseif si == idx - 1 then
-    p = tonumber(sc)
-  elseif si == idx + 1 then
-    -- a runner whose clock is ahead moved the key on: this increment
-    -- belongs to its previous window
-    if alg == 's' and delta > 0 then
-      redis.call('SET', key, string.format('%d %d %d', si, tonumber(sc), (tonumber(sp) or 0) + delta), 'KEEPTTL')
-    end
-    return {0, tonumber(sc)}
-  end
+local c
+local delta = tonumber(ARGV[2])
+if delta > 0 then
+  c = redis.call('INCRBY', KEYS[1], delta)
+  if c == delta then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+else
+  c = tonumber(redis.call('GET', KEYS[1]) or 0)
 end
-c = c + delta
-local ttl = (idx + 1) * window - now
-if alg == 's' then ttl = ttl + window end
-if ttl < 1 then ttl = 1 end
-if delta > 0 or v then
-  if alg == 'f' then
-    redis.call('SET', key, string.format('%d %d', idx, c), 'PX', ttl)
-  else
-    redis.call('SET', key, string.format('%d %d %d', idx, c, p), 'PX', ttl)
-  end
-end
+local p = 0
+if ARGV[1] == 's' then p = tonumber(redis.call('GET', KEYS[2]) or 0) end
 return {c, p}
 `
 
@@ -383,11 +358,23 @@ func (s *syncer) send(ents []*syncEntry, now time.Time) error {
 		e.pending = 0
 		e.mu.Unlock()
 	}
+	keys := make([][]string, len(parts))
+	args := make([][]any, len(parts))
+	for i, p := range parts {
+		wms := p.e.window.Milliseconds()
+		ttl := (p.idx+1)*wms - ms
+		keys[i] = []string{windowKey(p.e.key, p.idx)}
+		if p.e.alg == algSlidingWindow {
+			keys[i] = append(keys[i], windowKey(p.e.key, p.idx-1))
+			ttl += wms
+		}
+		args[i] = []any{algArg[p.e.alg], p.delta, max(ttl, 1)}
+	}
 	res, err := s.r.callCtx(func(ctx context.Context) (any, error) {
 		pipe := s.r.client.Pipeline()
 		cmds := make([]*redis.Cmd, len(parts))
-		for i, p := range parts {
-			cmds[i] = syncScript.EvalSha(ctx, pipe, []string{p.e.key}, algArg[p.e.alg], p.e.window.Milliseconds(), p.idx, p.delta, ms)
+		for i := range parts {
+			cmds[i] = syncScript.EvalSha(ctx, pipe, keys[i], args[i]...)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !redis.HasErrorPrefix(err, "NOSCRIPT") {
 			return nil, err
@@ -395,8 +382,8 @@ func (s *syncer) send(ents []*syncEntry, now time.Time) error {
 		if redis.HasErrorPrefix(cmds[0].Err(), "NOSCRIPT") {
 			// Script cache flushed: once more with EVAL, which loads it.
 			pipe = s.r.client.Pipeline()
-			for i, p := range parts {
-				cmds[i] = syncScript.Eval(ctx, pipe, []string{p.e.key}, algArg[p.e.alg], p.e.window.Milliseconds(), p.idx, p.delta, ms)
+			for i := range parts {
+				cmds[i] = syncScript.Eval(ctx, pipe, keys[i], args[i]...)
 			}
 			if _, err := pipe.Exec(ctx); err != nil {
 				return nil, err

@@ -220,8 +220,8 @@ func TestRulesConsumeNothingOnRejection(t *testing.T) {
 						// the two of the second second left at 2s exactly
 						t.Errorf("1s log %s: got %d entries, want 0", k, n)
 					}
-				case strings.HasSuffix(k, ":f3600000"):
-					if v := cl.Get(ctx, k).Val(); !strings.HasSuffix(v, " 4") {
+				case strings.Contains(k, ":f3600000:"):
+					if v := cl.Get(ctx, k).Val(); v != "4" {
 						t.Errorf("hour counter %s: got %q, want a count of 4", k, v)
 					}
 				}
@@ -612,7 +612,7 @@ func TestDelayedSyncTwoRunners(t *testing.T) {
 				t.Fatalf("got keys %v", keys)
 			}
 			v := cl.Get(context.Background(), keys[0]).Val()
-			if f := strings.Fields(v); len(f) < 2 || f[1] != strconv.Itoa(admitted) {
+			if v != strconv.Itoa(admitted) {
 				t.Fatalf("got Redis counter %q, want a count of %d", v, admitted)
 			}
 			// A runner that starts now reads the total before its first decision.
@@ -663,7 +663,7 @@ func TestDelayedSyncFallsBackToLocal(t *testing.T) {
 		cl := rd.Client()
 		defer cl.Close()
 		keys, _ := cl.Keys(context.Background(), "edge:rl:{n:syncfail*").Result()
-		return len(keys) == 1 && strings.HasSuffix(cl.Get(context.Background(), keys[0]).Val(), " 7")
+		return len(keys) == 1 && cl.Get(context.Background(), keys[0]).Val() == "7"
 	})
 	if res := e.do(c, newReq("192.0.2.1")); res.status != 429 || res.hdr.Get(hdrStatus) != "" {
 		t.Fatalf("after recovery: got %d %q, want 429 from the synced total of 7", res.status, res.hdr.Get(hdrStatus))
