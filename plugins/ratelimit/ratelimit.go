@@ -251,8 +251,8 @@ type decision struct {
 	v         [maxRules]ruleVerdict
 	args      [2 + 5*maxRules]any
 	skeys     [2 * maxRules]string // the script's keys: one per rule, two for sliding_window
-	override  bool // rule 0's limit or window comes from a tenant override
-	unlimited bool // a tenant override says "unlimited"
+	override  bool                 // rule 0's limit or window comes from a tenant override
+	unlimited bool                 // a tenant override says "unlimited"
 }
 
 // RequestFilter decides one request.
