@@ -120,9 +120,9 @@ func (l *limits) redisBench(ctx context.Context, o *options, e *env) error {
 	// random address; the member is random too, as the runner's are unique.
 	// limit 1000 per 1000 ms window: always under the limit, like the
 	// runner's healthy scenario. ARGV[1] empty: Redis' own clock (TIME);
-	// one sliding_log rule ("l") of cost 1.
-	cmd := []string{"EVALSHA", l.scriptSHA, "1", "edge:rl:{c:bench|a:__rand_int__}", "", "m:__rand_int__", "l", "1000", "1000", "1"}
-	l.redisCommand = "redis-benchmark -c 64 -r 1000000 [-P 16] -n N EVALSHA <sha> 1 'edge:rl:{c:bench|a:__rand_int__}' '' 'm:__rand_int__' l 1000 1000 1"
+	// one sliding_log rule ("l") of cost 1 (its elapsed-time argument 0).
+	cmd := []string{"EVALSHA", l.scriptSHA, "1", "edge:rl:{c:bench|a:__rand_int__}", "", "m:__rand_int__", "l", "1000", "1000", "1", "0"}
+	l.redisCommand = "redis-benchmark -c 64 -r 1000000 [-P 16] -n N EVALSHA <sha> 1 'edge:rl:{c:bench|a:__rand_int__}' '' 'm:__rand_int__' l 1000 1000 1 0"
 	for i, pipe := range []int{1, 16} {
 		n := o.rbN
 		if pipe > 1 {
