@@ -573,7 +573,13 @@ var argZero any = int64(0)
 // and the window's index since the epoch (UTC), so a 24h window starts at
 // midnight UTC.
 func windowKey(key string, idx int64) string {
-	return key + ":" + strconv.FormatInt(idx, 10)
+	var num [20]byte
+	var b strings.Builder
+	b.Grow(len(key) + 21)
+	b.WriteString(key)
+	b.WriteByte(':')
+	b.Write(strconv.AppendInt(num[:0], idx, 10))
+	return b.String() // one allocation
 }
 
 // algArg is each algorithm as the script's argument.
