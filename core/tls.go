@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 )
 
 // TLS is the tls subsection of a backing service's section (redis.tls,
@@ -42,13 +43,18 @@ func (t TLS) Validate(section string) []error {
 }
 
 // CheckAddrs checks the addrs of a backing service's section ("redis",
-// "clickhouse"): each must be host:port.
+// "clickhouse"): each must be host:port, and none repeated (failover would
+// retry the same server).
 func CheckAddrs(section string, addrs []string) []error {
 	var errs []error
 	for i, a := range addrs {
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" || port == "" {
 			errs = append(errs, Fieldf(fmt.Sprintf("%s.addrs[%d]", section, i), "must be host:port, got %q", a))
+			continue
+		}
+		if slices.Contains(addrs[:i], a) {
+			errs = append(errs, Fieldf(fmt.Sprintf("%s.addrs[%d]", section, i), "must not repeat an address, got %q twice", a))
 		}
 	}
 	return errs

@@ -71,3 +71,23 @@ func TestTLSConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckAddrs(t *testing.T) {
+	tests := []struct {
+		addrs []string
+		want  string // "" = ok
+	}{
+		{[]string{"a:1", "b:2"}, ""},
+		{[]string{"a"}, `redis.addrs[0]: must be host:port, got "a"`},
+		{[]string{"a:1", "b:2", "a:1"}, `redis.addrs[2]: must not repeat an address, got "a:1" twice`},
+	}
+	for _, tt := range tests {
+		got := ""
+		if errs := CheckAddrs("redis", tt.addrs); len(errs) > 0 {
+			got = errs[0].Error()
+		}
+		if got != tt.want {
+			t.Errorf("CheckAddrs(%q): got %q, want %q", tt.addrs, got, tt.want)
+		}
+	}
+}
