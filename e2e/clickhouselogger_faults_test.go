@@ -87,7 +87,8 @@ func chlNoImpact(t *testing.T, rep *testbed.LoadReport) {
 
 // TestCHLKilledUnderLoad: ClickHouse is killed in the middle of a load
 // run with a small buffer. Requests are unaffected; afterwards the identity
-// holds exactly and the drops are exactly the rows missing from ClickHouse.
+// holds exactly and every row missing from ClickHouse was counted dropped
+// (only the batch cut by the kill may have landed although counted failed).
 func TestCHLKilledUnderLoad(t *testing.T) {
 	t.Parallel()
 	ch := chlCH(t)
@@ -108,8 +109,12 @@ func TestCHLKilledUnderLoad(t *testing.T) {
 	if a.enqueued != float64(rep.Requests) {
 		t.Errorf("got %v enqueued, want %d (one per request)", a.enqueued, rep.Requests)
 	}
-	if float64(got) != a.inserted || a.enqueued-float64(got) != a.dropped {
-		t.Errorf("got %d rows in ClickHouse, inserted %v, dropped %v of %v: want missing rows = dropped", got, a.inserted, a.dropped, a.enqueued)
+	// The insert in flight when the server dies may have been stored before
+	// the connection broke: the runner cannot know, counts it failed, and
+	// those rows are the only ones allowed in ClickHouse beyond inserted.
+	if extra := float64(got) - a.inserted; extra < 0 || extra > a.byReason["insert_failed"] || a.enqueued != a.inserted+a.dropped {
+		t.Errorf("got %d rows in ClickHouse, inserted %v, dropped %v (insert_failed %v) of %v: want inserted <= rows <= inserted + insert_failed, and enqueued = inserted + dropped",
+			got, a.inserted, a.dropped, a.byReason["insert_failed"], a.enqueued)
 	}
 	if a.byReason["queue_full"] == 0 || a.byReason["insert_failed"] == 0 {
 		t.Errorf("got drops %v, want both queue_full and insert_failed in this run", a.byReason)
