@@ -524,6 +524,11 @@ func TestJWTInvalidConfFailsClosed(t *testing.T) {
 			}
 		}
 	}
+	// the runner's stderr reaches the test bed through a pipe: wait for the
+	// last conf's line before counting
+	eventually(t, 5*time.Second, "the last conf's log line", func() bool {
+		return strings.Contains(e.r.Output(), tests[len(tests)-1].logged)
+	})
 	out := e.r.Output()
 	for _, tt := range tests {
 		if n := strings.Count(out, tt.logged); n != 1 {

@@ -121,7 +121,11 @@ func TestJWTMisspelledPluginNameFailsClosed(t *testing.T) {
 			}
 		}
 	}
-	// one line per conf, not per request
+	// one line per conf, not per request (stderr reaches the test bed
+	// through a pipe: wait for the first)
+	eventually(t, 5*time.Second, "the rejected conf's log line", func() bool {
+		return strings.Contains(r.Output(), "conf names a plugin this runner does not serve")
+	})
 	if n := strings.Count(r.Output(), "conf names a plugin this runner does not serve"); n < 1 || n > 4 {
 		t.Errorf("log lines for 4 rejected confs and 12 requests: got %d, want 1 to 4\n%s", n, r.Output())
 	}
