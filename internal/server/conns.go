@@ -90,9 +90,10 @@ func (s *connServer) serve() {
 			continue
 		}
 		if s.open() >= s.lim.MaxConnections {
-			_ = nc.Close()
+			// counted before the close, which the client sees
 			s.m.refused.WithLabelValues("connections").Inc()
 			s.m.event("refused:connections", "connection refused: max_connections reached", nil)
+			_ = nc.Close()
 			continue
 		}
 		s.add(nc, true)
