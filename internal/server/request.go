@@ -69,7 +69,7 @@ func (v *callValues) reset() {
 // is a copy: the frame it was read from is reused after the call.
 type request struct {
 	callValues
-	c   asker
+	extraInfo
 	r   hrc.Req
 	hdr header
 
@@ -78,10 +78,6 @@ type request struct {
 
 	args, rawArgs url.Values
 	respHdr       http.Header
-
-	vars    map[string][]byte
-	body    []byte
-	hasBody bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -100,11 +96,10 @@ func (r *request) end() {
 		r.cancel()
 	}
 	r.callValues.reset()
-	r.c = nil
+	r.extraInfo.reset()
 	r.hdr.reset()
 	r.path, r.pathSet = nil, false
 	r.args, r.rawArgs, r.respHdr = nil, nil, nil
-	r.vars, r.body, r.hasBody = nil, nil, false
 	r.ctx, r.cancel = nil, nil
 }
 
@@ -163,37 +158,11 @@ func (r *request) RespHeader() http.Header {
 	return r.respHdr
 }
 
-func (r *request) Var(name string) ([]byte, error) {
-	if v, ok := r.vars[name]; ok {
-		return v, nil
-	}
-	v, err := askVar(r.c, name)
-	if err != nil {
-		return nil, err
-	}
-	if r.vars == nil {
-		r.vars = make(map[string][]byte, 4)
-	}
-	r.vars[name] = v
-	return v, nil
-}
-
 func (r *request) Body() ([]byte, error) {
-	if r.hasBody {
-		return r.body, nil
-	}
-	if r.c == nil {
-		return nil, common.ErrConnClosed
-	}
-	v, err := r.c.ask(ei.InfoReqBody, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+	return r.body(ei.InfoReqBody, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 		ei.ReqBodyStart(b)
 		return ei.ReqBodyEnd(b)
 	})
-	if err != nil {
-		return nil, err
-	}
-	r.body, r.hasBody = v, true
-	return v, nil
 }
 
 func (r *request) Context() context.Context {
@@ -203,16 +172,58 @@ func (r *request) Context() context.Context {
 	return r.ctx
 }
 
-func askVar(c asker, name string) ([]byte, error) {
-	if c == nil {
+// extraInfo asks APISIX, on the call's connection, for what a plugin
+// reads beyond the call itself (nginx variables, a body), each at most
+// once per call. Request and response share it.
+type extraInfo struct {
+	c       asker
+	vars    map[string][]byte
+	bodyVal []byte
+	hasBody bool
+}
+
+func (x *extraInfo) reset() {
+	x.c, x.vars, x.bodyVal, x.hasBody = nil, nil, nil, false
+}
+
+// Var returns nginx variable name.
+func (x *extraInfo) Var(name string) ([]byte, error) {
+	if v, ok := x.vars[name]; ok {
+		return v, nil
+	}
+	if x.c == nil {
 		return nil, common.ErrConnClosed
 	}
-	return c.ask(ei.InfoVar, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+	v, err := x.c.ask(ei.InfoVar, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 		n := b.CreateString(name)
 		ei.VarStart(b)
 		ei.VarAddName(b, n)
 		return ei.VarEnd(b)
 	})
+	if err != nil {
+		return nil, err
+	}
+	if x.vars == nil {
+		x.vars = make(map[string][]byte, 4)
+	}
+	x.vars[name] = v
+	return v, nil
+}
+
+// body returns the request's or the response's body (info says which).
+func (x *extraInfo) body(info ei.Info, build func(*flatbuffers.Builder) flatbuffers.UOffsetT) ([]byte, error) {
+	if x.hasBody {
+		return x.bodyVal, nil
+	}
+	if x.c == nil {
+		return nil, common.ErrConnClosed
+	}
+	v, err := x.c.ask(info, build)
+	if err != nil {
+		return nil, err
+	}
+	x.bodyVal, x.hasBody = v, true
+	return v, nil
 }
 
 // changed reports whether the request must be answered with a Rewrite.

@@ -3,7 +3,6 @@ package server
 import (
 	"net/http"
 
-	"github.com/apache/apisix-go-plugin-runner/pkg/common"
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 	"github.com/api7/ext-plugin-proto/go/A6"
 	ei "github.com/api7/ext-plugin-proto/go/A6/ExtraInfo"
@@ -18,15 +17,11 @@ import (
 // changes alone would drop every other header. Reading headers through
 // VisitHeaders, or Header().Get, changes nothing.
 type response struct {
-	c    asker
+	extraInfo
 	r    hresp.Req
 	hdr  header
 	code int
-	body []byte
-
-	vars     map[string][]byte
-	origBody []byte
-	hasOrig  bool
+	out  []byte // the body a plugin wrote
 }
 
 var (
@@ -40,10 +35,9 @@ func (r *response) init(c asker, buf []byte) {
 }
 
 func (r *response) end() {
-	r.c = nil
+	r.extraInfo.reset()
 	r.hdr.reset()
-	r.code, r.body = 0, nil
-	r.vars, r.origBody, r.hasOrig = nil, nil, false
+	r.code, r.out = 0, nil
 }
 
 func (r *response) ID() uint32 { return r.r.Id() }
@@ -76,44 +70,18 @@ func (r *response) VisitHeaders(fn func(name, value []byte)) {
 	}
 }
 
-func (r *response) Var(name string) ([]byte, error) {
-	if v, ok := r.vars[name]; ok {
-		return v, nil
-	}
-	v, err := askVar(r.c, name)
-	if err != nil {
-		return nil, err
-	}
-	if r.vars == nil {
-		r.vars = make(map[string][]byte, 4)
-	}
-	r.vars[name] = v
-	return v, nil
-}
-
 func (r *response) ReadBody() ([]byte, error) {
-	if r.hasOrig {
-		return r.origBody, nil
-	}
-	if r.c == nil {
-		return nil, common.ErrConnClosed
-	}
-	v, err := r.c.ask(ei.InfoRespBody, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+	return r.body(ei.InfoRespBody, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 		ei.RespBodyStart(b)
 		return ei.RespBodyEnd(b)
 	})
-	if err != nil {
-		return nil, err
-	}
-	r.origBody, r.hasOrig = v, true
-	return v, nil
 }
 
 func (r *response) Write(b []byte) (int, error) {
-	if r.body == nil {
-		r.body = []byte{}
+	if r.out == nil {
+		r.out = []byte{}
 	}
-	r.body = append(r.body, b...)
+	r.out = append(r.out, b...)
 	return len(b), nil
 }
 
@@ -125,7 +93,7 @@ func (r *response) WriteHeader(code int) {
 }
 
 func (r *response) changed() bool {
-	return r.body != nil || r.code != 0 || len(r.hdr.changed) > 0
+	return r.out != nil || r.code != 0 || len(r.hdr.changed) > 0
 }
 
 // answer builds the HTTPRespCall answer: nothing but the id when no plugin
@@ -137,8 +105,8 @@ func (r *response) answer(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 		l.addHeader(r.hdr.h)
 		hdrs = l.build(b, hresp.RespStartHeadersVector)
 	}
-	if len(r.body) > 0 {
-		body = b.CreateByteVector(r.body)
+	if len(r.out) > 0 {
+		body = b.CreateByteVector(r.out)
 	}
 	hresp.RespStart(b)
 	hresp.RespAddId(b, r.r.Id())
