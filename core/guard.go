@@ -226,9 +226,14 @@ func (p *guarded) invalid(_ *InvalidConf, w http.ResponseWriter) {
 	pol := p.m.FailPolicy()
 	p.g.invalidHits.WithLabelValues(p.name, pol.String()).Inc()
 	if pol == FailClosed {
-		answer500(w, InvalidConfBody)
+		AnswerInvalidConf(w)
 	}
 }
+
+// AnswerInvalidConf answers a request whose conf cannot be served (an
+// invalid conf of a protecting plugin, or a plugin name the runner does not
+// serve): a Stop with 500 and InvalidConfBody.
+func AnswerInvalidConf(w http.ResponseWriter) { answer500(w, InvalidConfBody) }
 
 // answer500 is the FailClosed answer: a Stop with 500 and a JSON body that
 // says nothing about the plugin's internals.

@@ -604,3 +604,21 @@ func encodeReqCall(token uint32, headers ...string) []byte {
 	b.Finish(hrc.ReqEnd(b))
 	return b.FinishedBytes()
 }
+
+// refusingPlugin's ParseConf always fails, as a plugin registered without
+// the guard may.
+type refusingPlugin struct{ plugin.DefaultPlugin }
+
+func (refusingPlugin) Name() string                  { return "refusing" }
+func (refusingPlugin) ParseConf([]byte) (any, error) { return nil, errors.New("parse conf: bad") }
+
+func TestUnguardedParseErrorFailsClosed(t *testing.T) {
+	ts, path := startServer(t, testLimits, 1, map[string]plugin.Plugin{"refusing": &refusingPlugin{}})
+	c := dial(t, path)
+	if a := c.reqCall(c.prepare("route#1", "refusing", "{}"), "ok", "1"); a.Stop == nil || a.Stop.Status != http.StatusInternalServerError {
+		t.Fatalf("got %+v, want a 500 Stop", a)
+	}
+	if got := testutil.ToFloat64(ts.m.rejectedConfs.WithLabelValues("invalid_conf")); got != 1 {
+		t.Errorf("rejected confs: got %v, want 1", got)
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 
-	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
 	"github.com/api7/ext-plugin-proto/go/A6"
 	aerr "github.com/api7/ext-plugin-proto/go/A6/Err"
@@ -110,8 +109,10 @@ func (d *dispatcher) parse(req *pc.Req, key string) *ruleConf {
 		if err != nil {
 			// the guard never fails a conf (core.InvalidConf); a plugin
 			// registered without it must not be dropped silently either
-			conf = &core.InvalidConf{Err: err}
-			p = failClosed{p}
+			rc.reject = true
+			d.m.rejectedConfs.WithLabelValues("invalid_conf").Inc()
+			d.m.throttle.Error("conf:parse:"+name, "plugin conf refused: every request on its route gets 500", err, zap.String("plugin", name))
+			continue
 		}
 		rc.entries = append(rc.entries, confEntry{name: name, p: p, conf: conf})
 	}
@@ -141,19 +142,6 @@ func clip(s string) string {
 	return q[1 : len(q)-1]
 }
 
-// failClosed answers 500 for a plugin whose ParseConf failed.
-type failClosed struct{ plugin.Plugin }
-
-func (failClosed) RequestFilter(_ any, w http.ResponseWriter, _ pkgHTTP.Request) {
-	answerRejected(w)
-}
-
-func answerRejected(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusInternalServerError)
-	_, _ = w.Write([]byte(core.InvalidConfBody))
-}
-
 func (d *dispatcher) unknownToken(b *flatbuffers.Builder) byte {
 	d.m.unknownTokens.Inc()
 	d.m.event("unknown_token", "call with an unknown conf token: APISIX prepares the conf again (expected after a reload)", nil)
@@ -173,7 +161,7 @@ func (d *dispatcher) reqCall(c *conn, b *flatbuffers.Builder, body []byte) byte 
 	}
 	if rc.reject {
 		d.m.rejectedCalls.Inc()
-		answerRejected(w)
+		core.AnswerInvalidConf(w)
 	} else {
 		for _, e := range rc.entries {
 			e.p.RequestFilter(e.conf, w, r)

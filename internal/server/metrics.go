@@ -49,7 +49,7 @@ func newRPCMetrics(reg prometheus.Registerer, throttle *core.LogThrottle) *rpcMe
 		}),
 		rejectedConfs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: core.Namespace, Name: "rpc_rejected_confs_total",
-			Help: "Prepared confs whose every call is answered 500: it names a plugin this runner does not serve (unknown_plugin) or holds too many (too_many_plugins).",
+			Help: "Prepared confs whose every call is answered 500: it names a plugin this runner does not serve (unknown_plugin), holds too many (too_many_plugins), or a plugin registered without the guard refused its conf (invalid_conf).",
 		}, []string{"reason"}),
 		rejectedCalls: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: core.Namespace, Name: "rpc_rejected_conf_calls_total",
