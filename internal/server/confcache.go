@@ -87,12 +87,10 @@ func (c *confCache) byKey(key string) (uint32, bool) {
 	}
 	c.mu.RLock()
 	tok, ok := c.keys[key]
-	rc := c.tokens[tok]
 	c.mu.RUnlock()
-	if !ok || rc == nil || c.now().UnixNano()-rc.used.Load() > int64(c.ttl) {
+	if !ok || c.get(tok) == nil {
 		return 0, false
 	}
-	rc.used.Store(c.now().UnixNano())
 	return tok, true
 }
 
