@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/api7/ext-plugin-proto/go/A6"
+	hrc "github.com/api7/ext-plugin-proto/go/A6/HTTPReqCall"
+	hresp "github.com/api7/ext-plugin-proto/go/A6/HTTPRespCall"
 	flatbuffers "github.com/google/flatbuffers/go"
 )
 
@@ -14,47 +16,266 @@ import (
 // so a crafted vector length cannot make the runner allocate without limit.
 const maxEntries = 1024
 
-// header is the pkg/http Header of a request or a response: the map the
-// plugins see, and the names they changed, so that an answer carries only
-// real changes (APISIX applies each: a name without a value deletes).
-type header struct {
-	h       http.Header
-	changed []string // canonical names set or deleted, in order, unique
+// headerSource is the header vector of the call's frame: a request's or a
+// response's (concrete types, so that reading an entry allocates nothing).
+type headerSource struct {
+	req  *hrc.Req
+	resp *hresp.Req
 }
 
-func (h *header) mark(name string) {
-	for _, n := range h.changed {
-		if n == name {
-			return
+func (s headerSource) len() int {
+	switch {
+	case s.req != nil:
+		return min(s.req.HeadersLength(), maxEntries)
+	case s.resp != nil:
+		return min(s.resp.HeadersLength(), maxEntries)
+	}
+	return 0
+}
+
+func (s headerSource) at(e *A6.TextEntry, i int) bool {
+	switch {
+	case s.req != nil:
+		return s.req.Headers(e, i)
+	case s.resp != nil:
+		return s.resp.Headers(e, i)
+	}
+	return false
+}
+
+// header is the pkg/http Header of a request or a response. Until a plugin
+// asks for View, it reads the headers from the frame itself and keeps the
+// plugins' changes in a short list beside them: Get, Set and Del never
+// build the map of every header. View builds it once, with the changes
+// applied, and from then on the map is the headers. The changes are what
+// an answer carries (APISIX applies each: a name without a value deletes).
+type header struct {
+	src     headerSource // the frame's headers, read while h is nil
+	h       http.Header  // every header, built by View
+	changed []headerChange
+	// whole: an answer carries every header once one changed (a
+	// response), so the first change builds the map, within the plugin
+	// that makes it (a malformed frame then panics where it did before).
+	whole bool
+}
+
+// headerChange is a header a plugin set or deleted: its canonical name, in
+// the order of the first change, each name once. While the map is not
+// built, value and del hold the header's state; after, the map does.
+type headerChange struct {
+	name  string
+	value string
+	del   bool
+}
+
+func (h *header) change(name string) *headerChange {
+	for i := range h.changed {
+		if h.changed[i].name == name {
+			return &h.changed[i]
 		}
 	}
-	h.changed = append(h.changed, name)
+	return nil
+}
+
+func (h *header) mark(name string) *headerChange {
+	if c := h.change(name); c != nil {
+		return c
+	}
+	h.changed = append(h.changed, headerChange{name: name})
+	return &h.changed[len(h.changed)-1]
 }
 
 func (h *header) Set(key, value string) {
 	k := textproto.CanonicalMIMEHeaderKey(key)
-	h.h[k] = []string{value}
-	h.mark(k)
+	if h.whole {
+		h.View()
+	}
+	if h.h != nil {
+		h.h[k] = []string{value}
+		h.mark(k)
+		return
+	}
+	c := h.mark(k)
+	c.value, c.del = value, false
 }
 
 func (h *header) Del(key string) {
 	k := textproto.CanonicalMIMEHeaderKey(key)
-	if _, ok := h.h[k]; !ok {
+	if h.whole {
+		h.View()
+	}
+	if h.h != nil {
+		if _, ok := h.h[k]; !ok {
+			return
+		}
+		delete(h.h, k)
+		h.mark(k)
 		return
 	}
-	delete(h.h, k)
-	h.mark(k)
+	if c := h.change(k); c != nil {
+		c.value, c.del = "", true
+		return
+	}
+	if _, ok := h.raw(k); ok {
+		h.changed = append(h.changed, headerChange{name: k, del: true})
+	}
 }
 
-func (h *header) Get(key string) string { return h.h.Get(key) }
+func (h *header) Get(key string) string {
+	if h.h != nil {
+		return h.h.Get(key)
+	}
+	k := textproto.CanonicalMIMEHeaderKey(key)
+	if c := h.change(k); c != nil {
+		return c.value
+	}
+	if v, ok := h.raw(k); ok {
+		return string(v)
+	}
+	return ""
+}
 
-// View returns the map itself: changes made through it are not sent.
-func (h *header) View() http.Header { return h.h }
+// Values returns every value of key, as http.Header.Values does.
+func (h *header) Values(key string) []string {
+	if h.h != nil {
+		return h.h.Values(key)
+	}
+	k := textproto.CanonicalMIMEHeaderKey(key)
+	if c := h.change(k); c != nil {
+		if c.del {
+			return nil
+		}
+		return []string{c.value}
+	}
+	var out []string
+	h.each(k, func(v []byte) bool {
+		out = append(out, string(v))
+		return true
+	})
+	return out
+}
+
+// View returns every header as a map, built on the first call with the
+// changes made so far. Changes made through the map itself are not sent,
+// but Get, Set and Del see them.
+func (h *header) View() http.Header {
+	if h.h == nil {
+		n := h.src.len()
+		h.h = make(http.Header, n)
+		if n > 0 {
+			parseEntries(entryVector{n, h.src.at}, h.h, true)
+		}
+		for _, c := range h.changed {
+			if c.del {
+				delete(h.h, c.name)
+			} else {
+				h.h[c.name] = []string{c.value}
+			}
+		}
+	}
+	return h.h
+}
+
+// current returns the value an answer sends for a changed header, and
+// false when the header is deleted.
+func (h *header) current(c *headerChange) (string, bool) {
+	if h.h != nil {
+		if v, ok := h.h[c.name]; ok && len(v) > 0 {
+			return v[0], true
+		}
+		return "", false
+	}
+	return c.value, !c.del
+}
 
 func (h *header) reset() {
+	h.src, h.whole = headerSource{}, false
 	h.h = nil
+	clear(h.changed)
 	h.changed = h.changed[:0]
 }
+
+// raw returns the first value the frame holds for the canonical name k.
+// The slice is the frame's: valid during the call only.
+func (h *header) raw(k string) (v []byte, ok bool) {
+	h.each(k, func(b []byte) bool {
+		v, ok = b, true
+		return false
+	})
+	return v, ok
+}
+
+// each calls fn with each value of the frame's headers (at most
+// maxEntries read, as View reads them) whose name canonicalizes to k,
+// in order, until fn returns false.
+func (h *header) each(k string, fn func([]byte) bool) {
+	valid := validHeaderKey(k)
+	var e A6.TextEntry
+	n := h.src.len()
+	for i := 0; i < n; i++ {
+		if !h.src.at(&e, i) {
+			continue
+		}
+		if sameHeaderKey(e.Name(), k, valid) && !fn(e.Value()) {
+			return
+		}
+	}
+}
+
+// sameHeaderKey reports whether name, as sent, canonicalizes to k, a
+// canonical key (textproto.CanonicalMIMEHeaderKey), without allocating.
+// A k of token characters only (valid) is matched by the names equal to
+// it but for ASCII case; any other k was left as it was by the
+// canonicalization, and only the same bytes match it.
+func sameHeaderKey(name []byte, k string, valid bool) bool {
+	if len(name) != len(k) {
+		return false
+	}
+	if !valid {
+		return string(name) == k
+	}
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], k[i]
+		if a == b {
+			continue
+		}
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// validHeaderKey reports whether every byte of k is an RFC 7230 token
+// character, the keys textproto canonicalizes.
+func validHeaderKey(k string) bool {
+	for i := 0; i < len(k); i++ {
+		if !tchar[k[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var tchar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
 
 // entryVector is the generated accessor pair of a TextEntry vector.
 type entryVector struct {

@@ -88,6 +88,7 @@ var _ pkgHTTP.Request = (*request)(nil)
 func (r *request) init(c asker, buf []byte) {
 	r.c = c
 	r.r.Init(buf, flatbuffers.GetUOffsetT(buf))
+	r.hdr.src = headerSource{req: &r.r}
 }
 
 // end releases what the call held; the request is then reused.
@@ -131,13 +132,9 @@ func (r *request) SetPath(p []byte) {
 	r.path, r.pathSet = bytes.Clone(p), true
 }
 
-func (r *request) Header() pkgHTTP.Header {
-	if r.hdr.h == nil {
-		r.hdr.h = make(http.Header, min(r.r.HeadersLength(), maxEntries))
-		parseEntries(entryVector{r.r.HeadersLength(), r.r.Headers}, r.hdr.h, true)
-	}
-	return &r.hdr
-}
+// Header reads the headers from the frame as plugins ask for them (see
+// header): none is copied until one is read.
+func (r *request) Header() pkgHTTP.Header { return &r.hdr }
 
 func (r *request) Args() url.Values {
 	if r.args == nil {
@@ -256,11 +253,12 @@ func (r *request) rewrite(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 	}
 	if len(r.hdr.changed) > 0 {
 		var l entryList
-		for _, k := range r.hdr.changed {
-			if v, ok := r.hdr.h[k]; ok && len(v) > 0 {
-				l.add(k, v[0])
+		for i := range r.hdr.changed {
+			c := &r.hdr.changed[i]
+			if v, ok := r.hdr.current(c); ok {
+				l.add(c.name, v)
 			} else {
-				l.del(k)
+				l.del(c.name)
 			}
 		}
 		hdrs = l.build(b, hrc.RewriteStartHeadersVector)

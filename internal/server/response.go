@@ -1,8 +1,6 @@
 package server
 
 import (
-	"net/http"
-
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 	"github.com/api7/ext-plugin-proto/go/A6"
 	ei "github.com/api7/ext-plugin-proto/go/A6/ExtraInfo"
@@ -32,6 +30,7 @@ var (
 func (r *response) init(c asker, buf []byte) {
 	r.c = c
 	r.r.Init(buf, flatbuffers.GetUOffsetT(buf))
+	r.hdr.src, r.hdr.whole = headerSource{resp: &r.r}, true
 }
 
 func (r *response) end() {
@@ -49,13 +48,9 @@ func (r *response) StatusCode() int {
 	return int(r.r.Status())
 }
 
-func (r *response) Header() pkgHTTP.Header {
-	if r.hdr.h == nil {
-		r.hdr.h = make(http.Header, min(r.r.HeadersLength(), maxEntries))
-		parseEntries(entryVector{r.r.HeadersLength(), r.r.Headers}, r.hdr.h, true)
-	}
-	return &r.hdr
-}
+// Header reads the headers from the frame as plugins ask for them (see
+// header); a changed response is answered with the whole set.
+func (r *response) Header() pkgHTTP.Header { return &r.hdr }
 
 // VisitHeaders calls fn with each upstream response header as APISIX sent
 // it (lower-case names), at most maxEntries of them. The slices are valid
@@ -102,7 +97,7 @@ func (r *response) answer(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 	var hdrs, body flatbuffers.UOffsetT
 	if len(r.hdr.changed) > 0 {
 		var l entryList
-		l.addHeader(r.hdr.h)
+		l.addHeader(r.hdr.View())
 		hdrs = l.build(b, hresp.RespStartHeadersVector)
 	}
 	if len(r.out) > 0 {
