@@ -235,12 +235,14 @@ func (m *JWTCache) inlineProvider(rawURL string) (*provider, error) {
 func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Request) {
 	rc := conf.(*routeConf)
 	hdr := r.Header()
-	view := hdr.View()
-	if rc.preflight && r.Method() == http.MethodOptions && view.Get("Origin") != "" && view.Get("Access-Control-Request-Method") != "" {
+	// read through Get and Values, not View: the server then copies no
+	// header but the ones read
+	rd := readerOf(hdr)
+	if rc.preflight && r.Method() == http.MethodOptions && rd.Get("Origin") != "" && rd.Get("Access-Control-Request-Method") != "" {
 		m.passUnauthenticated(rc, hdr, reasonPreflight)
 		return
 	}
-	tok, src, why := extractToken(rc.sources, view, r, m.cfg.MaxTokenSize)
+	tok, src, why := extractToken(rc.sources, rd, r, m.cfg.MaxTokenSize)
 	if why == reasonMissingToken && rc.anonymous {
 		m.passUnauthenticated(rc, hdr, reasonAnonymous)
 		return

@@ -89,3 +89,22 @@ func (w *testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 func (w *testWriter) WriteHeader(s int) { w.status = s }
+
+// readerHeader is a header that a plugin can read through Get and Values
+// (headerReader), as the runner's server header can, and whose View must
+// not be needed: it panics.
+type readerHeader struct{ h http.Header }
+
+func (h *readerHeader) Set(k, v string)          { h.h.Set(k, v) }
+func (h *readerHeader) Del(k string)             { h.h.Del(k) }
+func (h *readerHeader) Get(k string) string      { return h.h.Get(k) }
+func (h *readerHeader) Values(k string) []string { return h.h.Values(k) }
+func (h *readerHeader) View() http.Header        { panic("View called") }
+
+// readerRequest is a testRequest whose header is a readerHeader.
+type readerRequest struct {
+	testRequest
+	rh readerHeader
+}
+
+func (r *readerRequest) Header() pkgHTTP.Header { return &r.rh }

@@ -1,7 +1,6 @@
 package jwtcache
 
 import (
-	"net/http"
 	"net/url"
 	"strings"
 
@@ -45,10 +44,25 @@ var allReasons = []reason{reasonOK, reasonMissingToken, reasonMalformed, reasonT
 // instead of a method value allocates nothing).
 type argser interface{ Args() url.Values }
 
+// headerReader reads request headers. The runner's server header
+// implements it on the call's frame without building the map of every
+// header; readerOf falls back to View for any other pkgHTTP.Header.
+type headerReader interface {
+	Get(key string) string
+	Values(key string) []string
+}
+
+func readerOf(h pkgHTTP.Header) headerReader {
+	if hr, ok := h.(headerReader); ok {
+		return hr
+	}
+	return h.View()
+}
+
 // extractToken looks for the token in the route's sources, in order: the
 // first one present wins, even if it is invalid. It returns the token and
 // the source it came from; the empty reason means a token was found.
-func extractToken(srcs []tokenSource, hdr http.Header, args argser, maxSize int) (string, tokenSource, reason) {
+func extractToken(srcs []tokenSource, hdr headerReader, args argser, maxSize int) (string, tokenSource, reason) {
 	for _, src := range srcs {
 		tok, why := extractFrom(src, hdr, args, maxSize)
 		if why != reasonMissingToken {
@@ -60,7 +74,7 @@ func extractToken(srcs []tokenSource, hdr http.Header, args argser, maxSize int)
 
 // extractFrom finds the token in one source, and checks its size before
 // anything reads it. The empty reason means a token was found.
-func extractFrom(src tokenSource, hdr http.Header, args argser, maxSize int) (string, reason) {
+func extractFrom(src tokenSource, hdr headerReader, args argser, maxSize int) (string, reason) {
 	var raw string
 	switch src.kind {
 	case fromBearer:
@@ -161,7 +175,7 @@ func hideToken(src tokenSource, hdr pkgHTTP.Header, args argser) {
 	case fromHeader:
 		hdr.Del(src.name)
 	case fromCookie:
-		if rest := withoutCookie(hdr.View()["Cookie"], src.name); rest == "" {
+		if rest := withoutCookie(readerOf(hdr).Values("Cookie"), src.name); rest == "" {
 			hdr.Del("Cookie")
 		} else {
 			hdr.Set("Cookie", rest)
