@@ -37,18 +37,40 @@ const (
 	reqAbandoned              // its caller gave up before a worker took it
 )
 
-// evalReq is one decision handed to the batcher.
+// reqKind is what one queued request asks of Redis.
+type reqKind uint8
+
+const (
+	// kindScript is a decision by the script: one EVALSHA.
+	kindScript reqKind = iota
+	// kindCounter is a decision of one O(1) rule by plain commands:
+	// INCRBY of the window's counter, PEXPIRE NX of it, and GET of the
+	// previous window's counter for sliding_window (see counterDecide).
+	kindCounter
+	// kindRefund gives back what a rejected counter decision added:
+	// DECRBY.
+	kindRefund
+)
+
+// evalReq is one request handed to the batcher.
 type evalReq struct {
+	kind     reqKind
 	keys     []string
 	args     []any
+	cost     int64 // kindCounter, kindRefund
+	ttl      int64 // kindCounter: the counter's expiry in ms
 	deadline time.Time
 	state    atomic.Int32
 	done     chan evalResult // buffered: a worker never blocks on a caller
+	cmds     [3]*redis.Cmd   // the commands queued for it in its round trip
 }
 
+// evalResult is Redis' answer to one request: the script's reply, or the
+// counter's new value and the previous window's counter.
 type evalResult struct {
-	reply any
-	err   error
+	reply       any
+	count, prev int64
+	err         error
 }
 
 // Errors of decisions the batcher could not send. errOverloaded marks the
@@ -67,6 +89,7 @@ type batcherStats struct {
 	queueFull    atomic.Int64
 	queueTimeout atomic.Int64
 	noscript     atomic.Int64 // round trips that had to retry with EVAL
+	refundsLost  atomic.Int64 // refunds that failed: the counter stays over by their cost until its window ends
 }
 
 type batcher struct {
@@ -138,16 +161,39 @@ var callerRuns = true
 // caller's round trip is bounded by its own deadline (the latest of its
 // batch: the others queued before it).
 func (b *batcher) do(keys []string, args []any) (any, error) {
-	req := &evalReq{keys: keys, args: args, deadline: time.Now().Add(b.timeout), done: make(chan evalResult, 1)}
+	res := b.wait(&evalReq{kind: kindScript, keys: keys, args: args})
+	return res.reply, res.err
+}
+
+// counter queues one counter decision (kindCounter) and waits for it
+// like do: key is the window's counter, prev the previous window's ("" for
+// fixed_window), ttl the counter's expiry in ms.
+func (b *batcher) counter(keys []string, cost, ttl int64) evalResult {
+	return b.wait(&evalReq{kind: kindCounter, keys: keys, cost: cost, ttl: ttl})
+}
+
+// refund sends a DECRBY of key by cost and waits for it like do, so that
+// the caller's next decision sees it. Its error is only counted: the
+// counter then stays over by cost until its window ends, an undercount of
+// that much.
+func (b *batcher) refund(key string, cost int64) {
+	if res := b.wait(&evalReq{kind: kindRefund, keys: []string{key}, cost: cost}); res.err != nil {
+		b.stats.refundsLost.Add(1)
+	}
+}
+
+// wait sends req (see do) and waits for its answer.
+func (b *batcher) wait(req *evalReq) evalResult {
+	req.deadline = time.Now().Add(b.timeout)
+	req.done = make(chan evalResult, 1)
 	if callerRuns && len(b.queue) == 0 {
 		select {
 		case b.senders <- struct{}{}:
 			req.state.Store(reqTaken)
 			batch := b.drain(append(make([]*evalReq, 0, 4), req))
-			b.send(batch, nil)
+			b.send(batch)
 			<-b.senders
-			res := <-req.done
-			return res.reply, res.err
+			return <-req.done
 		default:
 		}
 	}
@@ -157,26 +203,26 @@ func (b *batcher) do(keys []string, args []any) (any, error) {
 	default:
 		b.stats.queueFull.Add(1)
 		b.drops[dropQueueFull].Inc()
-		return nil, b.notSent(errQueueFull)
+		return evalResult{err: b.notSent(errQueueFull)}
 	}
 	t := time.NewTimer(b.timeout)
 	defer t.Stop()
 	select {
 	case res := <-req.done:
-		return res.reply, res.err
+		return res
 	case <-t.C:
 	}
 	if req.state.CompareAndSwap(reqQueued, reqAbandoned) {
 		// No worker took it: it will never be sent.
 		b.stats.queueTimeout.Add(1)
 		b.drops[dropQueueTimeout].Inc()
-		return nil, b.notSent(errQueueWait)
+		return evalResult{err: b.notSent(errQueueWait)}
 	}
 	select { // an answer that arrived with the timer
 	case res := <-req.done:
-		return res.reply, res.err
+		return res
 	default:
-		return nil, b.errLate
+		return evalResult{err: b.errLate}
 	}
 }
 
@@ -192,7 +238,6 @@ func (b *batcher) notSent(err error) error {
 func (b *batcher) run() {
 	defer b.wg.Done()
 	batch := make([]*evalReq, 0, b.maxBatch)
-	cmds := make([]*redis.Cmd, 0, b.maxBatch)
 	for {
 		var first *evalReq
 		select {
@@ -210,12 +255,11 @@ func (b *batcher) run() {
 		}
 		batch = b.drain(batch)
 		if len(batch) > 0 {
-			cmds = b.send(batch, cmds[:0])
+			b.send(batch)
 		}
 		<-b.senders
 		clear(batch)
 		batch = batch[:0]
-		clear(cmds)
 	}
 }
 
@@ -235,11 +279,11 @@ func (b *batcher) drain(batch []*evalReq) []*evalReq {
 	return batch
 }
 
-// send makes one round trip for batch (a plain EVALSHA for one decision, a
-// pipeline for more; go-redis splits a Cluster pipeline by node), retries
-// the NOSCRIPT ones with EVAL, which also loads the script, and hands each
-// caller its reply.
-func (b *batcher) send(batch []*evalReq, cmds []*redis.Cmd) []*redis.Cmd {
+// send makes one round trip for batch (a plain EVALSHA for a lone script
+// decision, a pipeline otherwise; go-redis splits a Cluster pipeline by
+// node), retries the NOSCRIPT ones with EVAL, which also loads the script,
+// and hands each caller its answer.
+func (b *batcher) send(batch []*evalReq) {
 	deadline := batch[0].deadline
 	for _, r := range batch[1:] {
 		if r.deadline.After(deadline) {
@@ -253,61 +297,101 @@ func (b *batcher) send(batch []*evalReq, cmds []*redis.Cmd) []*redis.Cmd {
 	b.stats.roundTrips.Add(1)
 	b.stats.sent.Add(int64(len(batch)))
 	b.size.Observe(float64(len(batch)))
-	cmds = b.exec(ctx, batch, cmds, false)
-	var retry []int
-	for i, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			retry = append(retry, i)
+	b.exec(ctx, batch, false)
+	var retry []*evalReq
+	for _, r := range batch {
+		if r.kind == kindScript && redis.HasErrorPrefix(r.cmds[0].Err(), "NOSCRIPT") {
+			retry = append(retry, r)
 		}
 	}
 	if len(retry) > 0 {
 		b.stats.noscript.Add(1)
-		sub := make([]*evalReq, len(retry))
-		for j, i := range retry {
-			sub[j] = batch[i]
-		}
-		again := b.exec(ctx, sub, nil, true)
-		for j, i := range retry {
-			cmds[i] = again[j]
+		b.exec(ctx, retry, true)
+	}
+	for _, r := range batch {
+		if r.done != nil {
+			r.done <- r.result()
 		}
 	}
-	for i, c := range cmds {
-		reply, err := c.Result()
-		batch[i].done <- evalResult{reply: reply, err: err}
-	}
-	return cmds
 }
 
-// exec sends batch as EVALSHA (or EVAL) commands in one round trip and
-// notes whether Redis answered.
-func (b *batcher) exec(ctx context.Context, batch []*evalReq, cmds []*redis.Cmd, eval bool) []*redis.Cmd {
-	if len(batch) == 1 {
+// exec sends batch in one round trip and notes whether Redis answered.
+// With eval, scripts go as EVAL (batch then holds scripts only).
+func (b *batcher) exec(ctx context.Context, batch []*evalReq, eval bool) {
+	if len(batch) == 1 && batch[0].kind == kindScript {
 		r := batch[0]
-		var c *redis.Cmd
 		if eval {
-			c = b.client.Eval(ctx, decideSrc, r.keys, r.args...)
+			r.cmds[0] = b.client.Eval(ctx, decideSrc, r.keys, r.args...)
 		} else {
-			c = b.client.EvalSha(ctx, b.sha, r.keys, r.args...)
+			r.cmds[0] = b.client.EvalSha(ctx, b.sha, r.keys, r.args...)
 		}
-		cmds = append(cmds, c)
 	} else {
 		pipe := b.client.Pipeline()
 		for _, r := range batch {
-			if eval {
-				cmds = append(cmds, pipe.Eval(ctx, decideSrc, r.keys, r.args...))
-			} else {
-				cmds = append(cmds, pipe.EvalSha(ctx, b.sha, r.keys, r.args...))
-			}
+			r.queueOn(ctx, pipe, b.sha, eval)
 		}
 		_, _ = pipe.Exec(ctx) // each command carries its own error
 	}
-	for _, c := range cmds {
-		if answered(c.Err()) {
+	for _, r := range batch {
+		if answered(r.cmds[0].Err()) {
 			b.lastReply.Store(b.mono())
 			break
 		}
 	}
-	return cmds
+}
+
+// queueOn adds the commands of r to pipe.
+func (r *evalReq) queueOn(ctx context.Context, pipe redis.Pipeliner, sha string, eval bool) {
+	switch r.kind {
+	case kindScript:
+		if eval {
+			r.cmds[0] = pipe.Eval(ctx, decideSrc, r.keys, r.args...)
+		} else {
+			r.cmds[0] = pipe.EvalSha(ctx, sha, r.keys, r.args...)
+		}
+	case kindCounter:
+		r.cmds[0] = pipe.Do(ctx, "incrby", r.keys[0], r.cost)
+		r.cmds[1] = pipe.Do(ctx, "pexpire", r.keys[0], r.ttl, "nx")
+		if len(r.keys) > 1 {
+			r.cmds[2] = pipe.Do(ctx, "get", r.keys[1])
+		}
+	case kindRefund:
+		r.cmds[0] = pipe.Do(ctx, "decrby", r.keys[0], r.cost)
+	}
+}
+
+// result reads r's answer from its commands.
+func (r *evalReq) result() evalResult {
+	if r.kind != kindCounter {
+		reply, err := r.cmds[0].Result()
+		return evalResult{reply: reply, err: err}
+	}
+	return counterResult(r.cmds[0], r.cmds[1], r.cmds[2])
+}
+
+// counterResult reads the replies of a counter decision: INCRBY's value,
+// PEXPIRE's (an error reply there, e.g. a Redis older than 7.0 that has no
+// NX, fails the decision), and the previous counter (nil: 0).
+func counterResult(incr, exp, get *redis.Cmd) evalResult {
+	n, err := incr.Int64()
+	if err != nil {
+		return evalResult{err: fmt.Errorf("redis incrby: %w", err)}
+	}
+	if err := exp.Err(); err != nil {
+		return evalResult{err: fmt.Errorf("redis pexpire nx: %w", err)}
+	}
+	res := evalResult{count: n}
+	if get != nil {
+		p, err := get.Int64()
+		switch {
+		case err == redis.Nil:
+		case err != nil:
+			return evalResult{err: fmt.Errorf("redis get previous window: %w", err)}
+		default:
+			res.prev = p
+		}
+	}
+	return res
 }
 
 // answered tells whether err (of one command) came back from Redis: a

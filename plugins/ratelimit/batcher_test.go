@@ -275,7 +275,7 @@ func TestBatcherNoScriptRecovers(t *testing.T) {
 			done:     make(chan evalResult, 1),
 		}
 	}
-	b.send(reqs, nil)
+	b.send(reqs)
 	for i, r := range reqs {
 		res := <-r.done
 		if res.err != nil {
@@ -317,7 +317,7 @@ func TestBatcherCluster(t *testing.T) {
 			r.done = make(chan evalResult, 1)
 			r.args[1] = "m" + strconv.Itoa(round)
 		}
-		b.send(reqs, nil)
+		b.send(reqs)
 		for i, r := range reqs {
 			res := <-r.done
 			allowed, err := parseVerdict(res.reply, make([]ruleVerdict, 1))

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -667,5 +668,64 @@ func TestDelayedSyncFallsBackToLocal(t *testing.T) {
 	})
 	if res := e.do(c, newReq("192.0.2.1")); res.status != 429 || res.hdr.Get(hdrStatus) != "" {
 		t.Fatalf("after recovery: got %d %q, want 429 from the synced total of 7", res.status, res.hdr.Get(hdrStatus))
+	}
+}
+
+// TestCounterCommandsMatchTheScript: a lone O(1) rule decided by plain
+// commands (evalCounter) gives the verdicts and headers the script gives,
+// over a random walk of times and weights on a few keys, each plugin on
+// its own Redis so that neither sees the other's counters. Both without
+// the batcher, so that a refund lands before the next decision.
+func TestCounterCommandsMatchTheScript(t *testing.T) {
+	rdA := backing.MustRedis(t, backing.RedisOptions{})
+	rdB := backing.MustRedis(t, backing.RedisOptions{})
+	off := false
+	for _, alg := range []string{"fixed_window", "sliding_window"} {
+		t.Run(alg, func(t *testing.T) {
+			clk := newClock()
+			plain := newEnv(t, redisCfg(t, rdA.Addr(), func(c *Config) { c.Pipeline = &off }), WithClock(clk.now))
+			script := newEnv(t, redisCfg(t, rdB.Addr(), func(c *Config) { c.Pipeline = &off }), WithClock(clk.now))
+			if !plain.rl.counters.Load() {
+				t.Fatal("got counter commands off against redis-server 7, want on")
+			}
+			script.rl.counters.Store(false)
+			conf := `{"limit":7,"window":"10s","algorithm":"` + alg + `","key":"header:X-K","cost":"header:X-Cost","max_cost":5}`
+			c := mustConf(t, conf)
+			rng := rand.New(rand.NewPCG(1, 2))
+			clk.mu.Lock()
+			clk.t = midnight
+			clk.mu.Unlock()
+			var rejected int
+			for i := range 3000 {
+				clk.add(time.Duration(rng.IntN(700)) * time.Millisecond)
+				key, cost := "k"+strconv.Itoa(rng.IntN(3)), strconv.Itoa(1+rng.IntN(4))
+				var got [2]result
+				for j, e := range []*env{plain, script} {
+					r := newReq("192.0.2.1")
+					r.hdr.Set("X-K", key)
+					r.hdr.Set("X-Cost", cost)
+					got[j] = e.do(c, r)
+				}
+				if got[0].status != got[1].status || fmt.Sprint(got[0].hdr) != fmt.Sprint(got[1].hdr) {
+					t.Fatalf("decision %d (key %s cost %s at %s): got %d %v by commands, %d %v by the script",
+						i, key, cost, clk.now().Format(time.RFC3339Nano), got[0].status, got[0].hdr, got[1].status, got[1].hdr)
+				}
+				if got[0].status == 429 {
+					rejected++
+				}
+			}
+			if rejected < 100 {
+				t.Fatalf("got %d rejections in 3000 decisions, want at least 100 (the walk must reach the limit)", rejected)
+			}
+			cl := rdA.Client()
+			defer cl.Close()
+			stats, err := cl.Info(context.Background(), "commandstats").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(stats, "cmdstat_incrby:") || !strings.Contains(stats, "cmdstat_decrby:") || strings.Contains(stats, "cmdstat_evalsha:") {
+				t.Fatalf("got commandstats of the plugin on commands:\n%s\nwant INCRBY and DECRBY, no EVALSHA", stats)
+			}
+		})
 	}
 }
