@@ -354,51 +354,69 @@ func canonicalKey(name []byte) string {
 	return textproto.CanonicalMIMEHeaderKey(string(name))
 }
 
-// textEntries builds a vector of TextEntry tables with start as the
-// generated Start*Vector function. A nil value is a name alone (APISIX
-// deletes the header).
-func textEntries(b *flatbuffers.Builder, start func(*flatbuffers.Builder, int) flatbuffers.UOffsetT, names, values []string, hasValue []bool) flatbuffers.UOffsetT {
-	offs := make([]flatbuffers.UOffsetT, len(names))
-	for i := range names {
-		name := b.CreateString(names[i])
-		var val flatbuffers.UOffsetT
-		if hasValue[i] {
-			val = b.CreateString(values[i])
-		}
-		A6.TextEntryStart(b)
-		A6.TextEntryAddName(b, name)
-		if hasValue[i] {
-			A6.TextEntryAddValue(b, val)
-		}
-		offs[i] = A6.TextEntryEnd(b)
-	}
-	start(b, len(offs))
-	for i := len(offs) - 1; i >= 0; i-- {
-		b.PrependUOffsetT(offs[i])
-	}
-	return b.EndVector(len(offs))
+// entryList collects the name/value pairs of one answer vector and builds
+// it. A request, a response and a Stop each keep theirs from call to call,
+// so that an answer allocates nothing; build empties it.
+type entryList struct {
+	entries []answerEntry
+	offs    []flatbuffers.UOffsetT
 }
 
-// entryList collects the name/value pairs of one answer vector.
-type entryList struct {
-	names, values []string
-	hasValue      []bool
+// answerEntry is a name and its value, or a name alone (APISIX deletes the
+// header).
+type answerEntry struct {
+	name, value string
+	hasValue    bool
 }
+
+// maxKeptEntries bounds the entries an entryList keeps room for between
+// calls; an answer with more (a plugin that set many headers) allocates.
+const maxKeptEntries = 128
 
 func (l *entryList) add(name, value string) {
-	l.names = append(l.names, name)
-	l.values = append(l.values, value)
-	l.hasValue = append(l.hasValue, true)
+	l.entries = append(l.entries, answerEntry{name: name, value: value, hasValue: true})
 }
 
 func (l *entryList) del(name string) {
-	l.names = append(l.names, name)
-	l.values = append(l.values, "")
-	l.hasValue = append(l.hasValue, false)
+	l.entries = append(l.entries, answerEntry{name: name})
 }
 
+// build writes the collected pairs as a vector of TextEntry tables, with
+// start as the generated Start*Vector function, and empties the list.
 func (l *entryList) build(b *flatbuffers.Builder, start func(*flatbuffers.Builder, int) flatbuffers.UOffsetT) flatbuffers.UOffsetT {
-	return textEntries(b, start, l.names, l.values, l.hasValue)
+	l.offs = l.offs[:0]
+	for i := range l.entries {
+		e := &l.entries[i]
+		name := b.CreateString(e.name)
+		var val flatbuffers.UOffsetT
+		if e.hasValue {
+			val = b.CreateString(e.value)
+		}
+		A6.TextEntryStart(b)
+		A6.TextEntryAddName(b, name)
+		if e.hasValue {
+			A6.TextEntryAddValue(b, val)
+		}
+		l.offs = append(l.offs, A6.TextEntryEnd(b))
+	}
+	start(b, len(l.offs))
+	for i := len(l.offs) - 1; i >= 0; i-- {
+		b.PrependUOffsetT(l.offs[i])
+	}
+	vec := b.EndVector(len(l.offs))
+	l.reset()
+	return vec
+}
+
+// reset empties the list, keeping room for the next answer unless it grew
+// past maxKeptEntries.
+func (l *entryList) reset() {
+	if cap(l.entries) > maxKeptEntries {
+		l.entries, l.offs = nil, nil
+		return
+	}
+	clear(l.entries) // the strings are the call's
+	l.entries, l.offs = l.entries[:0], l.offs[:0]
 }
 
 // addHeader adds every value of h, sorted by nothing in particular

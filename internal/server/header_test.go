@@ -177,3 +177,38 @@ func TestRewriteHeadersOfLazyHeader(t *testing.T) {
 	}
 	r.end()
 }
+
+// TestAnswerListsStartEmpty: the entry lists kept between calls carry
+// nothing from one answer into the next, even when a call ended before
+// its list was built.
+func TestAnswerListsStartEmpty(t *testing.T) {
+	var r request
+	headersOf := func() map[string]string {
+		b := flatbuffers.NewBuilder(256)
+		b.Finish(r.rewrite(b))
+		rw := hrc.GetRootAsRewrite(b.FinishedBytes(), 0)
+		got := map[string]string{}
+		for i := 0; i < rw.HeadersLength(); i++ {
+			var e A6.TextEntry
+			rw.Headers(&e, i)
+			got[string(e.Name())] = string(e.Value())
+		}
+		return got
+	}
+	r.init(nil, encodeReqCall(1, "a", "1"))
+	r.Header().Set("X-One", "1")
+	r.RespHeader().Set("X-Resp", "1")
+	if got := headersOf(); !reflect.DeepEqual(got, map[string]string{"X-One": "1"}) {
+		t.Fatalf("first answer: %q", got)
+	}
+	r.end()
+	r.init(nil, encodeReqCall(1, "a", "1"))
+	r.ans.add("X-Left-Over", "1") // as a call cut short would leave it
+	r.end()
+	r.init(nil, encodeReqCall(1, "a", "1"))
+	r.Header().Set("X-Two", "2")
+	if got := headersOf(); !reflect.DeepEqual(got, map[string]string{"X-Two": "2"}) {
+		t.Fatalf("third answer: %q", got)
+	}
+	r.end()
+}

@@ -72,6 +72,7 @@ type request struct {
 	extraInfo
 	r   hrc.Req
 	hdr header
+	ans entryList // the Rewrite's vectors, kept between calls
 
 	path    []byte
 	pathSet bool
@@ -99,6 +100,7 @@ func (r *request) end() {
 	r.callValues.reset()
 	r.extraInfo.reset()
 	r.hdr.reset()
+	r.ans.reset()
 	r.path, r.pathSet = nil, false
 	r.args, r.rawArgs, r.respHdr = nil, nil, nil
 	r.ctx, r.cancel = nil, nil
@@ -252,7 +254,7 @@ func (r *request) rewrite(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 		path = b.CreateByteString(r.path)
 	}
 	if len(r.hdr.changed) > 0 {
-		var l entryList
+		l := &r.ans
 		for i := range r.hdr.changed {
 			c := &r.hdr.changed[i]
 			if v, ok := r.hdr.current(c); ok {
@@ -264,12 +266,12 @@ func (r *request) rewrite(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 		hdrs = l.build(b, hrc.RewriteStartHeadersVector)
 	}
 	if len(r.respHdr) > 0 {
-		var l entryList
+		l := &r.ans
 		l.addHeader(r.respHdr)
 		resp = l.build(b, hrc.RewriteStartRespHeadersVector)
 	}
 	if r.argsChanged() {
-		var l entryList
+		l := &r.ans
 		for k := range r.rawArgs {
 			if _, ok := r.args[k]; !ok {
 				l.del(k)
@@ -308,6 +310,7 @@ type stopWriter struct {
 	hdr  http.Header
 	body []byte
 	code int
+	ans  entryList // the Stop's headers, kept between calls
 }
 
 func (w *stopWriter) Header() http.Header {
@@ -336,12 +339,13 @@ func (w *stopWriter) stopped() bool { return w.body != nil || w.code != 0 }
 
 func (w *stopWriter) reset() {
 	w.hdr, w.body, w.code = nil, nil, 0
+	w.ans.reset()
 }
 
 func (w *stopWriter) stop(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 	var hdrs, body flatbuffers.UOffsetT
 	if len(w.hdr) > 0 {
-		var l entryList
+		l := &w.ans
 		l.addHeader(w.hdr)
 		hdrs = l.build(b, hrc.StopStartHeadersVector)
 	}

@@ -18,6 +18,7 @@ type response struct {
 	extraInfo
 	r    hresp.Req
 	hdr  header
+	ans  entryList // the answer's headers, kept between calls
 	code int
 	out  []byte // the body a plugin wrote
 }
@@ -36,6 +37,7 @@ func (r *response) init(c asker, buf []byte) {
 func (r *response) end() {
 	r.extraInfo.reset()
 	r.hdr.reset()
+	r.ans.reset()
 	r.code, r.out = 0, nil
 }
 
@@ -96,7 +98,7 @@ func (r *response) changed() bool {
 func (r *response) answer(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 	var hdrs, body flatbuffers.UOffsetT
 	if len(r.hdr.changed) > 0 {
-		var l entryList
+		l := &r.ans
 		l.addHeader(r.hdr.View())
 		hdrs = l.build(b, hresp.RespStartHeadersVector)
 	}
