@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -222,4 +223,54 @@ func logFormatBatch(t testing.TB, n int) []byte {
 	}
 	b.WriteByte(']')
 	return []byte(b.String())
+}
+
+// FuzzIngestDecodeLegacy: on any input, valid or not, the decoder finds
+// what the decoder it replaced (ingest_legacy_test.go) found: the same
+// rows, the same counts, and an error of the same kind.
+func FuzzIngestDecodeLegacy(f *testing.F) {
+	for _, name := range []string{"default-entry.json", "log-format.json", "log-format-new-line.txt", "rejected-requests.txt"} {
+		f.Add(readFixture(f, name))
+	}
+	f.Add(defaultBatch(f, 3, "fz"))
+	f.Add([]byte(`[{"route_id":"a\u0041\ud83d\ude00","request":{"headers":{"host":["h:1","h2"]}}},5,null,{}]`))
+	f.Add([]byte(`{"route_id":"r","upstream_response_time":"0.1, 0.2 : -"}` + "\n" + `{"status":"x"}`))
+	f.Add([]byte(`[{"x":[[[{"a":"\\\""}]]]}]`))
+	f.Add([]byte(`[{"route_id":"r","c1":"v","request":{"headers":{"X-C2":["a",1,true],"X-Edge-Log-Consumer":"x"}},"response":{"headers":{"X-RateLimit-Limit":"10","Retry-After":"3.5"}}}]`))
+	cfgs := []string{
+		"  addrs: [\"127.0.0.1:1\"]\n  max_value_bytes: 64\n  ingest: {listen: \"off\", max_entries: 1000, max_field_bytes: 4096, columns: [{name: c1, from: \"entry:c1\"}, {name: c2, from: \"header:x-c2\"}, {name: c3, from: \"response_header:x-c3\"}]}\n",
+		"  addrs: [\"127.0.0.1:1\"]\n  max_value_bytes: 16\n  ingest: {listen: \"off\", max_entries: 5, max_field_bytes: 256}\n",
+	}
+	type pair struct {
+		d   *ingestDecoder
+		old *legacyDecoder
+	}
+	var ds []pair
+	for _, c := range cfgs {
+		cfg := testConfig(f, c)
+		ds = append(ds, pair{newIngestDecoder(&cfg), newLegacyDecoder(&cfg)})
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for k, p := range ds {
+			rows, st, err := p.d.decode(data, 7, nil)
+			want, wst, werr := p.old.decode(data, 7, nil)
+			if (err == nil) != (werr == nil) || errors.Is(err, errTooMany) != errors.Is(werr, errTooMany) || errors.Is(err, errMalformed) != errors.Is(werr, errMalformed) {
+				t.Fatalf("config %d: error %v, the old decoder's %v", k, err, werr)
+			}
+			if err != nil {
+				continue // the caller discards the rows
+			}
+			if st != wst {
+				t.Fatalf("config %d: stats %+v, the old decoder's %+v", k, st, wst)
+			}
+			if len(rows) != len(want) {
+				t.Fatalf("config %d: %d rows, the old decoder found %d", k, len(rows), len(want))
+			}
+			for i := range rows {
+				if !reflect.DeepEqual(rows[i], want[i]) {
+					t.Fatalf("config %d: row %d\n got %+v\nwant %+v", k, i, rows[i], want[i])
+				}
+			}
+		}
+	})
 }

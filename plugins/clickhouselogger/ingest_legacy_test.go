@@ -1,0 +1,962 @@
+package clickhouselogger
+
+// The ingest decoder as it was before its rewrite for speed (commit
+// 43f7f9c), kept as the fuzz target's reference: the new decoder must
+// return the same rows, counts and errors on any input.
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	"github.com/apisix-edge/edge-runner/core"
+)
+
+type legacyDecoder struct {
+	// config
+	maxField   int
+	maxValue   int
+	maxEntries int
+	reqHdr     map[string]hdrTarget // lower-cased request header -> where it goes
+	respHdr    map[string]hdrTarget // lower-cased response header -> where it goes
+	reqLens    [2]uint64            // bit n: a reqHdr name is n bytes long (n < 128)
+	respLens   [2]uint64            // the same for respHdr
+	entryKeys  map[string]int       // custom entry key -> custom index
+	customCols []string             // the custom column names (shared by every row)
+
+	// per batch
+	b    []byte
+	i    int
+	err  error
+	unes []byte // unescaped string scratch
+
+	// per entry
+	arena   []byte
+	str     [numStrFields]span
+	num     [numNumFields]float64
+	have    uint16 // bit n set when num[n] was read
+	bad     string // rejection reason, "" while the entry is good
+	known   bool   // a known key was seen
+	custom  []span
+	hdrName [128]byte
+}
+
+func newLegacyDecoder(cfg *Config) *legacyDecoder {
+	in := &cfg.Ingest
+	d := &legacyDecoder{
+		maxField:   in.MaxFieldBytes,
+		maxValue:   cfg.MaxValueBytes,
+		maxEntries: in.MaxEntries,
+		reqHdr: map[string]hdrTarget{
+			"host":                           {builtin: fHost + 1},
+			"user-agent":                     {builtin: fUserAgent + 1},
+			"x-request-id":                   {builtin: fXRequestID + 1},
+			legacyLower(cfg.TenantHeader):    {builtin: fTenant + 1},
+			legacyLower(core.ConsumerHeader): {builtin: fConsumer + 1},
+		},
+		respHdr: map[string]hdrTarget{
+			"x-ratelimit-status":                {builtin: fRLStatus + 1},
+			"x-ratelimit-limit":                 {builtin: respRLLimit},
+			"x-ratelimit-remaining":             {builtin: respRLRemaining},
+			"retry-after":                       {builtin: respRetryAfter},
+			legacyLower(core.LogConsumerHeader): {builtin: fSealed + 1},
+		},
+		entryKeys: map[string]int{},
+		custom:    make([]span, len(in.Columns)),
+	}
+	for i, c := range in.Columns {
+		d.customCols = append(d.customCols, c.Name)
+		kind, key, _ := columnSource(c.From)
+		switch kind {
+		case "entry":
+			d.entryKeys[key] = i
+		case "header":
+			t := d.reqHdr[key]
+			t.custom = int8(i + 1)
+			d.reqHdr[key] = t
+		case "response_header":
+			t := d.respHdr[key]
+			t.custom = int8(i + 1)
+			d.respHdr[key] = t
+		}
+	}
+	for k := range d.reqHdr {
+		d.reqLens[len(k)/64%2] |= 1 << (len(k) % 64)
+	}
+	for k := range d.respHdr {
+		d.respLens[len(k)/64%2] |= 1 << (len(k) % 64)
+	}
+	return d
+}
+
+func legacyLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
+}
+
+// decode appends the rows of body to out. recvMilli stamps entries that
+// carry no time. A batch-level problem (syntax, too many entries) returns
+// an error wrapping errMalformed or errTooMany; the rows appended so far
+// must then be discarded by the caller. Entries that are rejected are
+// counted in the stats, not appended.
+func (d *legacyDecoder) decode(body []byte, recvMilli int64, out []row) ([]row, decodeStats, error) {
+	var st decodeStats
+	d.b, d.i, d.err = body, 0, nil
+	defer func() { d.b = nil }()
+	d.ws()
+	if d.i >= len(d.b) {
+		return out, st, nil // an empty body: no entry
+	}
+	if d.b[d.i] == '[' {
+		d.i++
+		d.ws()
+		if d.peek() == ']' {
+			d.i++
+		} else {
+			for d.err == nil {
+				if out = d.entry(out, recvMilli, &st); d.err != nil {
+					break
+				}
+				if st.entries > d.maxEntries {
+					return out, st, fmt.Errorf("%w: more than %d", errTooMany, d.maxEntries)
+				}
+				d.ws()
+				c := d.peek()
+				d.i++
+				if c == ']' {
+					break
+				}
+				if c != ',' {
+					d.fail("expected ',' or ']'")
+				}
+				d.ws()
+			}
+		}
+		d.ws()
+		if d.err == nil && d.i < len(d.b) {
+			d.fail("data after the array")
+		}
+	} else {
+		for d.err == nil && d.i < len(d.b) {
+			if out = d.entry(out, recvMilli, &st); d.err != nil {
+				break
+			}
+			if st.entries > d.maxEntries {
+				return out, st, fmt.Errorf("%w: more than %d", errTooMany, d.maxEntries)
+			}
+			d.ws()
+		}
+	}
+	return out, st, d.err
+}
+
+func (d *legacyDecoder) fail(msg string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s at byte %d", errMalformed, msg, d.i)
+	}
+}
+
+func (d *legacyDecoder) peek() byte {
+	if d.i < len(d.b) {
+		return d.b[d.i]
+	}
+	return 0
+}
+
+func (d *legacyDecoder) ws() {
+	if d.i < len(d.b) && d.b[d.i] > ' ' {
+		return // compact JSON, the usual case
+	}
+	for d.i < len(d.b) {
+		switch d.b[d.i] {
+		case ' ', '\t', '\n', '\r':
+			d.i++
+		default:
+			return
+		}
+	}
+}
+
+// entry reads one entry and appends its row unless it is rejected.
+func (d *legacyDecoder) entry(out []row, recvMilli int64, st *decodeStats) []row {
+	st.entries++
+	d.arena = d.arena[:0]
+	d.str = [numStrFields]span{}
+	d.num = [numNumFields]float64{}
+	d.have, d.bad, d.known = 0, "", false
+	clear(d.custom)
+	if d.peek() != '{' {
+		d.skip()
+		if d.err == nil {
+			st.rejected[0]++
+		}
+		return out
+	}
+	d.object(d.topKey)
+	if d.err != nil {
+		return out
+	}
+	if d.bad == "" && !d.known {
+		d.bad = rejectInvalid
+	}
+	if d.have&(1<<nStatus) != 0 && (d.num[nStatus] < 0 || d.num[nStatus] > 999) {
+		d.bad = rejectInvalid
+	}
+	switch d.bad {
+	case rejectInvalid:
+		st.rejected[0]++
+		return out
+	case rejectFieldTooLarge:
+		st.rejected[1]++
+		return out
+	}
+	return append(out, d.row(recvMilli, st))
+}
+
+// row builds the entry's row: one string holds every kept value.
+func (d *legacyDecoder) row(recvMilli int64, st *decodeStats) row {
+	all := string(d.arena)
+	get := func(f int) string { s := d.str[f]; return all[s.off:s.end] }
+	r := row{source: sourceLog, tsMilli: recvMilli}
+	if d.has(nTimeMs) && d.num[nTimeMs] > 0 && d.num[nTimeMs] < 1e15 {
+		r.tsMilli = int64(d.num[nTimeMs])
+	}
+	r.routeID, r.serviceID = get(fRouteID), get(fServiceID)
+	r.method, r.host, r.path = get(fMethod), get(fHost), get(fPath)
+	r.clientIP, r.userAgent = get(fClientIP), get(fUserAgent)
+	r.requestID = get(fXRequestID)
+	if r.requestID == "" {
+		r.requestID = get(fRequestID)
+	}
+	r.tenant, r.upstreamAddr, r.rlStatus = get(fTenant), get(fUpstreamAddr), get(fRLStatus)
+	r.consumer = get(fConsumer)
+	if r.consumer == "" {
+		if sealed := get(fSealed); sealed != "" {
+			if id, ok := core.OpenConsumer(sealed); ok {
+				r.consumer = bound(id, d.maxValue)
+				st.sealedOK++
+			} else {
+				st.sealedNo++
+			}
+		}
+	}
+	r.status = uint16(d.num[nStatus])
+	r.latencyMs = legacyToU32(d.num[nLatencyMs])
+	r.upstreamMs = legacyToU32(d.num[nUpstreamMs])
+	if d.has(nApisixMs) {
+		r.apisixMs = legacyToU32(d.num[nApisixMs])
+	} else if d.num[nLatencyMs] > d.num[nUpstreamMs] {
+		r.apisixMs = legacyToU32(d.num[nLatencyMs] - d.num[nUpstreamMs])
+	}
+	r.bytesSent, r.requestLen = legacyToU64(d.num[nBytesSent]), legacyToU64(d.num[nRequestLen])
+	for _, n := range [...]struct {
+		f   int
+		bit uint8
+		dst *int64
+	}{{nRLLimit, haveRLLimit, &r.rlLimit}, {nRLRemaining, haveRLRemaining, &r.rlRemaining}, {nRetryAfter, haveRetryAfter, &r.retryAfter}} {
+		if d.has(n.f) {
+			*n.dst = int64(math.Max(math.Min(d.num[n.f], 1<<62), -(1 << 62)))
+			r.rlHave |= n.bit
+		}
+	}
+	if len(d.custom) > 0 {
+		r.customNames = d.customCols
+		r.customValues = make([]string, len(d.custom))
+		for i, s := range d.custom {
+			r.customValues[i] = all[s.off:s.end]
+		}
+	}
+	return r
+}
+
+func (d *legacyDecoder) has(n int) bool { return d.have&(1<<n) != 0 }
+
+func legacyToU32(f float64) uint32 {
+	if !(f > 0) {
+		return 0
+	}
+	if f >= math.MaxUint32 {
+		return math.MaxUint32
+	}
+	return uint32(f + 0.5)
+}
+
+func legacyToU64(f float64) uint64 {
+	if !(f > 0) {
+		return 0
+	}
+	if f >= 1<<63 {
+		return 1 << 63
+	}
+	return uint64(f)
+}
+
+// object reads an object, calling member for each key with the position
+// at its value; member must consume the value.
+func (d *legacyDecoder) object(member func(key []byte)) {
+	d.i++ // '{'
+	d.ws()
+	if d.peek() == '}' {
+		d.i++
+		return
+	}
+	for d.err == nil {
+		if d.peek() != '"' {
+			d.fail("expected a key")
+			return
+		}
+		key := d.str1(true)
+		if d.err != nil {
+			return
+		}
+		if len(key) > d.maxField {
+			d.bad = rejectFieldTooLarge
+		}
+		d.ws()
+		if d.peek() != ':' {
+			d.fail("expected ':'")
+			return
+		}
+		d.i++
+		d.ws()
+		member(key)
+		if d.err != nil {
+			return
+		}
+		d.ws()
+		switch d.peek() {
+		case ',':
+			d.i++
+			d.ws()
+		case '}':
+			d.i++
+			return
+		default:
+			d.fail("expected ',' or '}'")
+			return
+		}
+	}
+}
+
+// topKey handles one member of an entry.
+func (d *legacyDecoder) topKey(key []byte) {
+	switch string(key) {
+	case "request":
+		if d.peek() == '{' {
+			d.known = true
+			d.object(d.requestKey)
+			return
+		}
+	case "response":
+		if d.peek() == '{' {
+			d.known = true
+			d.object(d.responseKey)
+			return
+		}
+	}
+	t, ok := topTarget(key)
+	ci, custom := -1, false
+	if len(d.entryKeys) > 0 {
+		ci, custom = d.entryKeys[string(key)]
+	}
+	if !ok && !custom {
+		d.skip()
+		return
+	}
+	d.known = d.known || ok
+	v, isStr := d.scalar()
+	if d.err != nil || v == nil {
+		return
+	}
+	if custom {
+		d.custom[ci] = d.keep(v)
+	}
+	d.apply(t, v, isStr)
+}
+
+// apply stores value v for target t.
+func (d *legacyDecoder) apply(t target, v []byte, isStr bool) {
+	if t.str > 0 {
+		d.str[t.str-1] = d.keep(v)
+	}
+	if t.num > 0 {
+		n := int(t.num - 1)
+		f, ok := legacyParseNumber(v, t.scale)
+		if !ok {
+			if n == nStatus && len(v) > 0 {
+				d.bad = rejectInvalid
+			}
+			return
+		}
+		d.num[n] = f
+		d.have |= 1 << n
+	}
+}
+
+func (d *legacyDecoder) requestKey(key []byte) {
+	switch string(key) {
+	case "headers":
+		if d.peek() == '{' {
+			d.object(func(k []byte) { d.header(k, d.reqHdr, &d.reqLens) })
+			return
+		}
+	case "method":
+		d.scalarTo(target{str: fMethod + 1})
+		return
+	case "uri":
+		if v, _ := d.scalar(); v != nil {
+			if q := bytes.IndexByte(v, '?'); q >= 0 {
+				v = v[:q]
+			}
+			d.str[fPath] = d.keep(v)
+		}
+		return
+	case "size":
+		d.scalarTo(target{num: nRequestLen + 1, scale: asInt})
+		return
+	}
+	d.skip()
+}
+
+func (d *legacyDecoder) responseKey(key []byte) {
+	switch string(key) {
+	case "headers":
+		if d.peek() == '{' {
+			d.object(func(k []byte) { d.header(k, d.respHdr, &d.respLens) })
+			return
+		}
+	case "status":
+		d.scalarTo(target{num: nStatus + 1, scale: asInt})
+		return
+	case "size":
+		d.scalarTo(target{num: nBytesSent + 1, scale: asInt})
+		return
+	}
+	d.skip()
+}
+
+func (d *legacyDecoder) scalarTo(t target) {
+	v, isStr := d.scalar()
+	if d.err == nil && v != nil {
+		d.apply(t, v, isStr)
+	}
+}
+
+// header handles one header of a default entry's request or response
+// headers: only the ones a column needs are read, the others (credentials
+// among them) are skipped without being copied anywhere.
+func (d *legacyDecoder) header(key []byte, m map[string]hdrTarget, lens *[2]uint64) {
+	if len(key) >= len(d.hdrName) || lens[len(key)/64]&(1<<(len(key)%64)) == 0 {
+		d.skip() // no header of this length is wanted: no lookup
+		return
+	}
+	name := d.hdrName[:len(key)]
+	for i, c := range key {
+		if 'A' <= c && c <= 'Z' {
+			c += 32
+		}
+		name[i] = c
+	}
+	t, ok := m[string(name)]
+	if !ok {
+		d.skip()
+		return
+	}
+	var v []byte
+	if d.peek() == '[' {
+		v = d.joinedArray() // a repeated header
+	} else {
+		v, _ = d.scalar()
+	}
+	if d.err != nil || v == nil {
+		return
+	}
+	if t.custom > 0 {
+		d.custom[t.custom-1] = d.keep(v)
+	}
+	switch b := t.builtin; {
+	case b == 0:
+	case b == respRLLimit:
+		d.apply(target{num: nRLLimit + 1, scale: asInt}, v, true)
+	case b == respRLRemaining:
+		d.apply(target{num: nRLRemaining + 1, scale: asInt}, v, true)
+	case b == respRetryAfter:
+		d.apply(target{num: nRetryAfter + 1, scale: asInt}, v, true)
+	case int(b-1) == fHost:
+		d.str[fHost] = d.keep(legacyStripPort(v))
+	default:
+		d.str[b-1] = d.keep(v)
+	}
+}
+
+// legacyStripPort turns a Host header into nginx's $host form (no port).
+func legacyStripPort(h []byte) []byte {
+	if len(h) > 0 && h[0] == '[' {
+		if j := bytes.IndexByte(h, ']'); j > 0 {
+			return h[1:j]
+		}
+		return h
+	}
+	if j := bytes.LastIndexByte(h, ':'); j >= 0 && bytes.IndexByte(h[:j], ':') < 0 {
+		return h[:j]
+	}
+	return h
+}
+
+// joinedArray reads an array of scalars as their values joined by ", ".
+// The result lives in d.unes until the next string is read.
+func (d *legacyDecoder) joinedArray() []byte {
+	d.i++ // '['
+	var out []byte
+	d.ws()
+	if d.peek() == ']' {
+		d.i++
+		return []byte{}
+	}
+	first := true
+	for d.err == nil {
+		v, _ := d.scalar()
+		if d.err != nil {
+			return nil
+		}
+		if !first {
+			out = append(out, ", "...)
+		}
+		first = false
+		out = append(out, v...)
+		d.ws()
+		switch d.peek() {
+		case ',':
+			d.i++
+			d.ws()
+		case ']':
+			d.i++
+			return out
+		default:
+			d.fail("expected ',' or ']'")
+		}
+	}
+	return nil
+}
+
+// keep copies v, bounded to max_value_bytes at a UTF-8 boundary, into the
+// arena.
+func (d *legacyDecoder) keep(v []byte) span {
+	if len(v) > d.maxValue {
+		v = v[:len(bound(string(v[:d.maxValue+1]), d.maxValue))]
+	}
+	off := len(d.arena)
+	d.arena = append(d.arena, v...)
+	return span{int32(off), int32(len(d.arena))}
+}
+
+// scalar reads a value: a string (unescaped), a number or true/false (as
+// written), null (nil, as if absent). An object or array is skipped and
+// reads as nil. The bytes are valid until the next string is read.
+func (d *legacyDecoder) scalar() (v []byte, isStr bool) {
+	switch c := d.peek(); {
+	case c == '"':
+		v = d.str1(false)
+		if v == nil && d.err == nil {
+			v = []byte{}
+		}
+		return v, true
+	case c == '-' || ('0' <= c && c <= '9'):
+		start := d.i
+		if !d.number() {
+			d.fail("invalid number")
+			return nil, false
+		}
+		if d.i-start > d.maxField {
+			d.bad = rejectFieldTooLarge
+		}
+		return d.b[start:d.i], false
+	case c == 't':
+		return d.literal("true"), false
+	case c == 'f':
+		return d.literal("false"), false
+	case c == 'n':
+		d.literal("null")
+		return nil, false
+	default:
+		d.skip()
+		return nil, false
+	}
+}
+
+// number passes over a JSON number: -? (0 | [1-9][0-9]*) (.[0-9]+)?
+// ([eE][+-]?[0-9]+)?, the longest match, as encoding/json reads it (so
+// "00" is two values). It reports false when no number starts here.
+func (d *legacyDecoder) number() bool {
+	b := d.b
+	i := d.i
+	digits := func() int {
+		n := 0
+		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case digits() == 0:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	d.i = i
+	return true
+}
+
+func (d *legacyDecoder) literal(lit string) []byte {
+	if !bytes.HasPrefix(d.b[d.i:], []byte(lit)) {
+		d.fail("invalid literal")
+		return nil
+	}
+	v := d.b[d.i : d.i+len(lit)]
+	d.i += len(lit)
+	return v
+}
+
+// skip passes over one value of any kind without copying it.
+func (d *legacyDecoder) skip() {
+	var stack uint64 // bit set: inside an object
+	depth := 0
+	for d.err == nil {
+		d.ws()
+		if d.i >= len(d.b) {
+			d.fail("unexpected end")
+			return
+		}
+		switch c := d.b[d.i]; c {
+		case '"':
+			d.skipString()
+		case '{', '[':
+			if depth >= maxJSONDepth {
+				d.fail(errTooDeepMsg)
+				return
+			}
+			stack = stack<<1 | legacyB2u(c == '{')
+			depth++
+			d.i++
+			continue
+		case '}', ']':
+			if depth == 0 || (stack&1 == 1) != (c == '}') {
+				d.fail("unbalanced " + string(c))
+				return
+			}
+			stack >>= 1
+			depth--
+			d.i++
+		case ',', ':':
+			if depth == 0 {
+				d.fail("unexpected " + string(c))
+				return
+			}
+			d.i++
+			continue
+		default:
+			if c == 't' || c == 'f' || c == 'n' || c == '-' || ('0' <= c && c <= '9') {
+				d.scalar()
+			} else {
+				d.fail("unexpected character")
+				return
+			}
+		}
+		if depth == 0 {
+			return
+		}
+	}
+}
+
+func legacyB2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// skipString passes over a string, checking only its length.
+func (d *legacyDecoder) skipString() {
+	start := d.i
+	d.i++
+	for {
+		j := bytes.IndexByte(d.b[d.i:], '"')
+		if j < 0 {
+			d.i = len(d.b)
+			d.fail("unterminated string")
+			return
+		}
+		d.i += j
+		// an escaped quote has an odd number of backslashes before it
+		k := d.i - 1
+		for k > start && d.b[k] == '\\' {
+			k--
+		}
+		d.i++
+		if (d.i-2-k)%2 == 0 {
+			break
+		}
+	}
+	if d.i-start-2 > d.maxField {
+		d.bad = rejectFieldTooLarge
+	}
+}
+
+// str1 reads a string and returns its content: a slice of the body when it
+// has no escape, else its unescaped form in d.unes. isKey bounds it like a
+// value (max_field_bytes) all the same.
+func (d *legacyDecoder) str1(isKey bool) []byte {
+	start := d.i + 1
+	j, esc := legacyQuoteEnd(d.b[start:])
+	if j < 0 {
+		d.i = len(d.b)
+		d.fail("unterminated string")
+		return nil
+	}
+	raw := d.b[start : start+j]
+	if !esc {
+		d.i = start + j + 1
+		if len(raw) > d.maxField {
+			d.bad = rejectFieldTooLarge
+		}
+		return raw
+	}
+	// slow path: escapes
+	out := d.unes[:0]
+	i := start
+	for {
+		if i >= len(d.b) {
+			d.i = i
+			d.fail("unterminated string")
+			return nil
+		}
+		c := d.b[i]
+		if c == '"' {
+			i++
+			break
+		}
+		if c != '\\' {
+			out = append(out, c)
+			i++
+			continue
+		}
+		if i+1 >= len(d.b) {
+			d.i = i
+			d.fail("unterminated string")
+			return nil
+		}
+		e := d.b[i+1]
+		i += 2
+		switch e {
+		case '"', '\\', '/':
+			out = append(out, e)
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			r, ok := legacyHex4(d.b, i)
+			if !ok {
+				d.i = i
+				d.fail("invalid \\u escape")
+				return nil
+			}
+			i += 4
+			if utf16.IsSurrogate(r) {
+				r2, ok2 := rune(-1), false
+				if i+6 <= len(d.b) && d.b[i] == '\\' && d.b[i+1] == 'u' {
+					r2, ok2 = legacyHex4(d.b, i+2)
+				}
+				if dec := utf16.DecodeRune(r, r2); ok2 && dec != utf8.RuneError {
+					r = dec
+					i += 6
+				} else {
+					r = utf8.RuneError
+				}
+			}
+			out = utf8.AppendRune(out, r)
+		default:
+			d.i = i
+			d.fail("invalid escape")
+			return nil
+		}
+	}
+	d.i = i
+	d.unes = out
+	if len(out) > d.maxField {
+		d.bad = rejectFieldTooLarge
+	}
+	_ = isKey
+	return out
+}
+
+// legacyQuoteEnd returns the index of the first '"' in b and whether a '\\'
+// comes before it, -1 when there is no quote. Short strings (keys, most
+// values) are scanned byte by byte in one pass; past 32 bytes the rest
+// goes to bytes.IndexByte, which is vectorized but costs a call.
+func legacyQuoteEnd(b []byte) (int, bool) {
+	n := min(len(b), 32)
+	for i := 0; i < n; i++ {
+		switch b[i] {
+		case '"':
+			return i, false
+		case '\\':
+			return bytes.IndexByte(b, '"'), true
+		}
+	}
+	j := bytes.IndexByte(b[n:], '"')
+	if j < 0 {
+		return -1, false
+	}
+	j += n
+	return j, bytes.IndexByte(b[n:j], '\\') >= 0
+}
+
+func legacyHex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, true
+}
+
+// legacyParseNumber reads v (a JSON number or a string holding one) in the given
+// scale, as milliseconds for the time scales.
+func legacyParseNumber(v []byte, scale uint8) (float64, bool) {
+	if scale == asSecondsN {
+		// "0.001", "0.001, 0.002 : 0.003", "-" (no upstream)
+		var sum float64
+		any := false
+		for len(v) > 0 {
+			j := bytes.IndexAny(v, ",:")
+			part := v
+			if j >= 0 {
+				part, v = v[:j], v[j+1:]
+			} else {
+				v = nil
+			}
+			part = bytes.TrimSpace(part)
+			if f, ok := legacyParseDecimal(part); ok && f >= 0 {
+				sum += f
+				any = true
+			}
+		}
+		return sum * 1000, any
+	}
+	f, ok := legacyParseDecimal(bytes.TrimSpace(v))
+	if !ok {
+		return 0, false
+	}
+	switch scale {
+	case asInt:
+		return math.Trunc(f), true
+	case asSeconds:
+		return f * 1000, true
+	}
+	return f, true
+}
+
+// legacyParseDecimal parses a decimal number without allocating in the common
+// case (digits, an optional fraction); exponents go through strconv.
+func legacyParseDecimal(v []byte) (float64, bool) {
+	if len(v) == 0 || len(v) > 64 {
+		return 0, false
+	}
+	neg := v[0] == '-'
+	i := 0
+	if neg {
+		i = 1
+	}
+	var mant uint64
+	digits, scale := 0, 0
+	sawDot := false
+	for ; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case '0' <= c && c <= '9':
+			if digits < 18 {
+				mant = mant*10 + uint64(c-'0')
+				digits++
+				if sawDot {
+					scale++
+				}
+			} else if !sawDot {
+				return legacySlowFloat(v)
+			}
+		case c == '.' && !sawDot:
+			sawDot = true
+		default:
+			return legacySlowFloat(v)
+		}
+	}
+	if digits == 0 {
+		return 0, false
+	}
+	f := float64(mant) / legacyPow10[scale]
+	if neg {
+		f = -f
+	}
+	return f, true
+}
+
+var legacyPow10 = func() (p [19]float64) {
+	p[0] = 1
+	for i := 1; i < len(p); i++ {
+		p[i] = p[i-1] * 10
+	}
+	return
+}()
+
+func legacySlowFloat(v []byte) (float64, bool) {
+	f, err := strconv.ParseFloat(string(v), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, false
+	}
+	return f, true
+}
