@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,8 +48,11 @@ const (
 	// INCRBY of the window's counter, PEXPIRE NX of it, and GET of the
 	// previous window's counter for sliding_window (see counterDecide).
 	kindCounter
-	// kindRefund gives back what a rejected counter decision added:
-	// DECRBY.
+	// kindLog is a decision of one sliding_log rule by plain commands in
+	// one MULTI/EXEC (see evalLog).
+	kindLog
+	// kindRefund gives back what a rejected counter or log decision
+	// added: DECRBY, or ZREM of its entries.
 	kindRefund
 )
 
@@ -57,8 +61,11 @@ type evalReq struct {
 	kind     reqKind
 	keys     []string
 	args     []any
-	cost     int64 // kindCounter, kindRefund
-	ttl      int64 // kindCounter: the counter's expiry in ms
+	cost     int64 // kindCounter, kindRefund of a counter
+	ttl      int64 // kindCounter: the counter's expiry in ms; kindLog: the window in ms
+	now      int64 // kindLog: the time in ms (Redis' clock, see redisClock)
+	limit    int64 // kindLog
+	members  []any // kindLog: the entries to add (score, member pairs); kindRefund of a log: the members
 	deadline time.Time
 	state    atomic.Int32
 	done     chan evalResult // buffered: a worker never blocks on a caller
@@ -66,10 +73,12 @@ type evalReq struct {
 }
 
 // evalResult is Redis' answer to one request: the script's reply, or the
-// counter's new value and the previous window's counter.
+// counter's new value and the previous window's counter, or the log's
+// entries with this request's and the score of the one at -(limit+1).
 type evalResult struct {
 	reply       any
 	count, prev int64
+	score       int64 // kindLog: -1 if there is no such entry
 	err         error
 }
 
@@ -178,6 +187,19 @@ func (b *batcher) counter(keys []string, cost, ttl int64) evalResult {
 // that much.
 func (b *batcher) refund(key string, cost int64) {
 	if res := b.wait(&evalReq{kind: kindRefund, keys: []string{key}, cost: cost}); res.err != nil {
+		b.stats.refundsLost.Add(1)
+	}
+}
+
+// logDecide queues one sliding_log decision (kindLog) and waits for it
+// like do.
+func (b *batcher) logDecide(key string, now, window, limit int64, members []any) evalResult {
+	return b.wait(&evalReq{kind: kindLog, keys: []string{key}, now: now, ttl: window, limit: limit, members: members})
+}
+
+// refundLog removes a rejected log decision's entries, like refund.
+func (b *batcher) refundLog(key string, members []any) {
+	if res := b.wait(&evalReq{kind: kindRefund, keys: []string{key}, members: members}); res.err != nil {
 		b.stats.refundsLost.Add(1)
 	}
 }
@@ -350,23 +372,87 @@ func (r *evalReq) queueOn(ctx context.Context, pipe redis.Pipeliner, sha string,
 			r.cmds[0] = pipe.EvalSha(ctx, sha, r.keys, r.args...)
 		}
 	case kindCounter:
-		r.cmds[0] = pipe.Do(ctx, "incrby", r.keys[0], r.cost)
-		r.cmds[1] = pipe.Do(ctx, "pexpire", r.keys[0], r.ttl, "nx")
+		// The arguments of all commands share one array.
+		a := make([]any, 0, 12)
+		a = append(a, "incrby", r.keys[0], r.cost, "pexpire", r.keys[0], r.ttl, "nx")
+		r.cmds[0] = pipe.Do(ctx, a[0:3:3]...)
+		r.cmds[1] = pipe.Do(ctx, a[3:7:7]...)
 		if len(r.keys) > 1 {
-			r.cmds[2] = pipe.Do(ctx, "get", r.keys[1])
+			a = append(a, "get", r.keys[1])
+			r.cmds[2] = pipe.Do(ctx, a[7:9:9]...)
 		}
+	case kindLog:
+		// The commands of one decision run together: no other client's
+		// entries come between its ZADD and its ZCARD. ZRANGE at
+		// -(limit+1), counted from the newest with this request's entries
+		// in, is the entry whose expiry makes room for the request (the
+		// script's ZRANGE at c+cost-limit-1 from the oldest). The
+		// arguments of all commands share one array.
+		k := r.keys[0]
+		at := -(r.limit + 1)
+		a := make([]any, 0, 20+len(r.members))
+		a = append(a, "multi", "zremrangebyscore", k, "-inf", r.now-r.ttl, "zcard", k, "pexpire", k, r.ttl,
+			"zrange", k, at, at, "withscores", "exec", "zadd", k)
+		a = append(a, r.members...)
+		pipe.Do(ctx, a[0:1:1]...)
+		pipe.Do(ctx, a[1:5:5]...)
+		pipe.Do(ctx, a[16:]...)
+		pipe.Do(ctx, a[5:7:7]...)
+		pipe.Do(ctx, a[7:10:10]...)
+		pipe.Do(ctx, a[10:15:15]...)
+		r.cmds[0] = pipe.Do(ctx, a[15:16:16]...)
 	case kindRefund:
-		r.cmds[0] = pipe.Do(ctx, "decrby", r.keys[0], r.cost)
+		if r.members != nil {
+			r.cmds[0] = pipe.Do(ctx, append([]any{"zrem", r.keys[0]}, r.members...)...)
+		} else {
+			r.cmds[0] = pipe.Do(ctx, "decrby", r.keys[0], r.cost)
+		}
 	}
 }
 
 // result reads r's answer from its commands.
 func (r *evalReq) result() evalResult {
-	if r.kind != kindCounter {
-		reply, err := r.cmds[0].Result()
-		return evalResult{reply: reply, err: err}
+	switch r.kind {
+	case kindCounter:
+		return counterResult(r.cmds[0], r.cmds[1], r.cmds[2])
+	case kindLog:
+		return logResult(r.cmds[0])
 	}
-	return counterResult(r.cmds[0], r.cmds[1], r.cmds[2])
+	reply, err := r.cmds[0].Result()
+	return evalResult{reply: reply, err: err}
+}
+
+// logResult reads the EXEC reply of a log decision: ZREMRANGEBYSCORE,
+// ZADD, ZCARD, PEXPIRE and ZRANGE ... WITHSCORES, in order.
+func logResult(exec *redis.Cmd) evalResult {
+	v, err := exec.Result()
+	if err != nil {
+		return evalResult{err: fmt.Errorf("redis exec: %w", err)}
+	}
+	a, ok := v.([]any)
+	if !ok || len(a) != 5 {
+		return evalResult{err: fmt.Errorf("redis exec: want 5 replies, got %T %.100v", v, v)}
+	}
+	for _, x := range a {
+		if e, isErr := x.(error); isErr {
+			return evalResult{err: fmt.Errorf("redis exec: %w", e)}
+		}
+	}
+	n, ok := a[2].(int64)
+	if !ok {
+		return evalResult{err: fmt.Errorf("redis exec: zcard reply %T", a[2])}
+	}
+	res := evalResult{count: n, score: -1}
+	if z, ok := a[4].([]any); ok && len(z) == 2 {
+		if s, ok := z[1].(string); ok {
+			f, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				return evalResult{err: fmt.Errorf("redis exec: zrange score %q: %w", s, err)}
+			}
+			res.score = int64(f)
+		}
+	}
+	return res
 }
 
 // counterResult reads the replies of a counter decision: INCRBY's value,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/apisix-edge/edge-runner/testbed/backing"
 	"github.com/redis/go-redis/v9"
@@ -81,6 +82,7 @@ func BenchmarkRequestFilter(b *testing.B) {
 					r.PipelineWorkers = w
 				}
 			}))
+			startAndSync(b, e)
 			c := mustConf(b, bc.conf)
 			cl := rd.Client()
 			defer cl.Close()
@@ -115,6 +117,20 @@ func BenchmarkRequestFilter(b *testing.B) {
 				b.Logf("%d degraded decisions", deg)
 			}
 		})
+	}
+}
+
+// startAndSync starts the plugin as the runner does and waits for its
+// first reading of Redis' clock, so that the sliding log is decided as in
+// production (by commands).
+func startAndSync(b *testing.B, e *env) {
+	e.rl.Start(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for !e.rl.synced.Load() {
+		if time.Now().After(deadline) {
+			b.Fatal("no reading of Redis' clock within 5s of Start")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

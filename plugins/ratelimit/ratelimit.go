@@ -99,6 +99,13 @@ type RateLimit struct {
 	// Off until Start (or the first recovery) has checked the versions.
 	counters  atomic.Bool
 	versioned atomic.Bool // the versions were read
+	// Redis' clock for the sliding log by commands (evalLog): the offset
+	// of Redis' TIME from this process' clock, read once a second.
+	offset   atomic.Int64 // ns
+	synced   atomic.Bool  // offset holds a reading
+	stopSync chan struct{}
+	stopOnce sync.Once
+	cluster  bool // the client is a Cluster client
 
 	syncMu   sync.Mutex
 	syncers  map[time.Duration]*syncer // delayed sync, by interval (a new map on each change)
@@ -127,16 +134,18 @@ func New(cfg Config, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	id := make([]byte, 8)
 	_, _ = rand.Read(id)
 	r := &RateLimit{
-		cfg:    cfg,
-		deps:   deps,
-		now:    time.Now,
-		client: client,
-		met:    newMetrics(deps.Metrics),
-		back:   deps.Status.Backend(BackendName),
-		over:   newOverLimit(cfg.LocalMaxKeys),
-		local:  newLocalLimiter(cfg.LocalMaxKeys),
-		member: hex.EncodeToString(id) + ":",
+		cfg:      cfg,
+		deps:     deps,
+		now:      time.Now,
+		client:   client,
+		met:      newMetrics(deps.Metrics),
+		back:     deps.Status.Backend(BackendName),
+		over:     newOverLimit(cfg.LocalMaxKeys),
+		local:    newLocalLimiter(cfg.LocalMaxKeys),
+		member:   hex.EncodeToString(id) + ":",
+		stopSync: make(chan struct{}),
 	}
+	_, r.cluster = client.(*redis.ClusterClient)
 	r.base = time.Now()
 	r.lastOK.Store(math.MinInt64 / 2) // no success yet: failures at start count at once
 	// go-redis logs pool failures (one line per failed dial) on stderr,
@@ -207,6 +216,9 @@ func (r *RateLimit) Start(ctx context.Context) {
 		if err == nil {
 			r.checkVersions(wctx)
 		}
+		if !r.clock {
+			go r.readRedisClock()
+		}
 		if err != nil {
 			r.deps.Throttle.Warn("ratelimit:redis", "ratelimit: redis not reachable at start: decisions follow each route's fail_mode until it is", err)
 			r.back.Set(core.StateDown, fmt.Errorf("ratelimit start: %w", err))
@@ -230,6 +242,35 @@ func (r *RateLimit) loadScript(ctx context.Context) error {
 		return err
 	}
 	return syncScript.Load(ctx, r.client).Err()
+}
+
+// readRedisClock reads Redis' TIME once a second until Shutdown and keeps
+// its offset from this process' clock, taking the middle of the round
+// trip as the moment Redis read it (so within half a round trip, and a
+// reading whose round trip took over 5 ms is not kept unless none is
+// held). The sliding log by commands stamps its entries with it, so that
+// every runner stamps on the one clock the script reads (Redis TIME),
+// whatever their hosts' clocks say.
+func (r *RateLimit) readRedisClock() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
+		t0 := time.Now()
+		rt, err := r.client.Time(ctx).Result()
+		t1 := time.Now()
+		cancel()
+		if err == nil && (t1.Sub(t0) < 5*time.Millisecond || !r.synced.Load()) {
+			mid := t0.Add(t1.Sub(t0) / 2)
+			r.offset.Store(int64(rt.Sub(mid)))
+			r.synced.Store(true)
+		}
+		select {
+		case <-t.C:
+		case <-r.stopSync:
+			return
+		}
+	}
 }
 
 // checkVersions turns the counter commands on when every master runs
@@ -278,6 +319,7 @@ func redisAtLeast7(info string) bool {
 // Shutdown flushes the delayed-sync increments, stops the batcher's workers (after their round trips, each
 // bounded by redis.timeout) and closes the Redis client.
 func (r *RateLimit) Shutdown(context.Context) error {
+	r.stopOnce.Do(func() { close(r.stopSync) })
 	r.closeSyncers()
 	if r.batch != nil {
 		r.batch.close()
@@ -565,8 +607,13 @@ func algName(a algo) string {
 // eval runs the decision script for every rule of d through the breaker,
 // within the call timeout, and fills d.v.
 func (r *RateLimit) eval(c *Conf, d *decision, now time.Time) (bool, error) {
-	if d.n == 1 && c.rules[0].alg != algSlidingLog && r.counters.Load() && d.limit[0]+d.cost[0] < 1<<53 {
-		return r.evalCounter(c.rules[0].alg == algSlidingWindow, d, now)
+	if d.n == 1 && r.counters.Load() {
+		switch {
+		case c.rules[0].alg != algSlidingLog && d.limit[0]+d.cost[0] < 1<<53:
+			return r.evalCounter(c.rules[0].alg == algSlidingWindow, d, now)
+		case c.rules[0].alg == algSlidingLog && !r.cluster && (r.clock || r.synced.Load()):
+			return r.evalLog(d, now)
+		}
 	}
 	nowArg := ""
 	if r.clock {
@@ -692,6 +739,82 @@ func (r *RateLimit) evalCounter(sliding bool, d *decision, now time.Time) (bool,
 		}
 	}
 	return fits, nil
+}
+
+// evalLog decides one sliding_log rule with plain commands instead of the
+// script, in one round trip: MULTI, ZREMRANGEBYSCORE of the entries out
+// of the window, ZADD of the request's (one per unit of cost), ZCARD,
+// PEXPIRE, ZRANGE of the entry at -(limit+1) with its score, EXEC. The
+// verdict is the script's: the request fits if the count with its entries
+// is within the limit; if not, its entries are removed again (ZREM, a
+// second round trip before the rejection is answered) and Retry-After is
+// when that entry leaves the window. As with the counters, the entries of
+// a rejected request are there for that one round trip: a concurrent
+// request may meanwhile be rejected though it fits (never with cost 1,
+// which is only rejected when the log was already full), never admitted
+// over the limit.
+//
+// The time is Redis' clock as read by readRedisClock (the script reads
+// TIME itself); until a first reading, or in Cluster (where a transaction
+// spans one node, which the batcher's pipeline does not ensure), the
+// script decides.
+func (r *RateLimit) evalLog(d *decision, now time.Time) (bool, error) {
+	limit, cost, window := d.limit[0], d.cost[0], d.window[0].Milliseconds()
+	if !r.clock {
+		now = time.Now().Add(time.Duration(r.offset.Load()))
+	}
+	ms := now.UnixMilli()
+	member := r.member + strconv.FormatUint(r.seq.Add(1), 36)
+	members := make([]any, 0, 2*cost)
+	if cost == 1 {
+		members = append(members, ms, member)
+	} else {
+		for j := int64(1); j <= cost; j++ {
+			members = append(members, ms, member+"."+strconv.FormatInt(j, 10))
+		}
+	}
+	key := d.keys[0]
+	var res evalResult
+	var err error
+	if r.batch != nil {
+		_, err = r.call(func() (any, error) {
+			res = r.batch.logDecide(key, ms, window, limit, members)
+			return nil, res.err
+		})
+	} else {
+		_, err = r.callCtx(func(ctx context.Context) (any, error) {
+			req := evalReq{kind: kindLog, keys: []string{key}, now: ms, ttl: window, limit: limit, members: members}
+			pipe := r.client.Pipeline()
+			req.queueOn(ctx, pipe, "", false)
+			_, _ = pipe.Exec(ctx)
+			res = req.result()
+			return nil, res.err
+		})
+	}
+	if err != nil {
+		return false, err
+	}
+	if res.count <= limit {
+		d.v[0] = ruleVerdict{fits: true, remaining: limit - res.count, reset: time.Duration(window) * time.Millisecond}
+		return true, nil
+	}
+	reset := window
+	if cost <= limit && res.score >= 0 {
+		reset = res.score + window - ms
+	}
+	d.v[0] = ruleVerdict{remaining: max(limit-(res.count-cost), 0), reset: time.Duration(reset) * time.Millisecond}
+	names := make([]any, 0, cost)
+	for j := 1; j < len(members); j += 2 {
+		names = append(names, members[j])
+	}
+	if r.batch != nil {
+		r.batch.refundLog(key, names)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
+		r.client.Do(ctx, append([]any{"zrem", key}, names...)...)
+		cancel()
+	}
+	return false, nil
 }
 
 // counterVerdict is the verdict of one O(1) rule from its counter after

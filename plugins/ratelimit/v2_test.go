@@ -680,11 +680,14 @@ func TestCounterCommandsMatchTheScript(t *testing.T) {
 	rdA := backing.MustRedis(t, backing.RedisOptions{})
 	rdB := backing.MustRedis(t, backing.RedisOptions{})
 	off := false
-	for _, alg := range []string{"fixed_window", "sliding_window"} {
+	for _, alg := range []string{"fixed_window", "sliding_window", "sliding_log"} {
 		t.Run(alg, func(t *testing.T) {
 			clk := newClock()
-			plain := newEnv(t, redisCfg(t, rdA.Addr(), func(c *Config) { c.Pipeline = &off }), WithClock(clk.now))
-			script := newEnv(t, redisCfg(t, rdB.Addr(), func(c *Config) { c.Pipeline = &off }), WithClock(clk.now))
+			// A generous timeout: a degraded decision (a slow machine, the
+			// race detector) is not what this test compares.
+			edit := func(c *Config) { c.Pipeline = &off; c.Timeout = core.Duration(5 * time.Second) }
+			plain := newEnv(t, redisCfg(t, rdA.Addr(), edit), WithClock(clk.now))
+			script := newEnv(t, redisCfg(t, rdB.Addr(), edit), WithClock(clk.now))
 			if !plain.rl.counters.Load() {
 				t.Fatal("got counter commands off against redis-server 7, want on")
 			}
@@ -723,9 +726,62 @@ func TestCounterCommandsMatchTheScript(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !strings.Contains(stats, "cmdstat_incrby:") || !strings.Contains(stats, "cmdstat_decrby:") || strings.Contains(stats, "cmdstat_evalsha:") {
-				t.Fatalf("got commandstats of the plugin on commands:\n%s\nwant INCRBY and DECRBY, no EVALSHA", stats)
+			want := []string{"cmdstat_incrby:", "cmdstat_decrby:"}
+			if alg == "sliding_log" {
+				want = []string{"cmdstat_multi:", "cmdstat_zadd:", "cmdstat_zrem:"}
+			}
+			for _, w := range want {
+				if !strings.Contains(stats, w) || strings.Contains(stats, "cmdstat_evalsha:") {
+					t.Fatalf("got commandstats of the plugin on commands:\n%s\nwant %s, no EVALSHA", stats, w)
+				}
 			}
 		})
+	}
+}
+
+// TestSlidingLogByCommandsOnRedisClock: without an injected clock, the
+// sliding log by commands waits for a reading of Redis' TIME (the script
+// decides until then), then stamps its entries on Redis' clock: the
+// entries' scores are within a second of what TIME says.
+func TestSlidingLogByCommandsOnRedisClock(t *testing.T) {
+	rd := backing.MustRedis(t, backing.RedisOptions{})
+	e := newEnv(t, redisCfg(t, rd.Addr(), nil))
+	e.rl.Start(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for !e.rl.synced.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("got no reading of Redis' clock within 5s of Start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c := mustConf(t, `{"limit":3,"window":"1m"}`)
+	for i, want := range []int{0, 0, 0, 429} {
+		if res := e.do(c, newReq("192.0.2.7")); res.status != want {
+			t.Fatalf("request %d: got status %d, want %d", i, res.status, want)
+		}
+	}
+	cl := rd.Client()
+	defer cl.Close()
+	ctx := context.Background()
+	keys, err := cl.Keys(ctx, "*a:192.0.2.7*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("got keys %v (%v), want the one log", keys, err)
+	}
+	zs, err := cl.ZRangeWithScores(ctx, keys[0], 0, -1).Result()
+	if err != nil || len(zs) != 3 {
+		t.Fatalf("got entries %v (%v), want 3 (the rejected one removed again)", zs, err)
+	}
+	now, err := cl.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, z := range zs {
+		if d := now.UnixMilli() - int64(z.Score); d < 0 || d > 1000 {
+			t.Fatalf("got an entry stamped %d ms before Redis' TIME, want 0 to 1000", d)
+		}
+	}
+	stats, err := cl.Info(ctx, "commandstats").Result()
+	if err != nil || !strings.Contains(stats, "cmdstat_exec:") {
+		t.Fatalf("got commandstats %q (%v), want EXEC (the decision by commands)", stats, err)
 	}
 }
