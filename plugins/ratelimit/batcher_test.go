@@ -330,3 +330,40 @@ func TestBatcherCluster(t *testing.T) {
 		t.Fatalf("got %d batches sent, want 2", trips)
 	}
 }
+
+// TestBatcherClusterCounters: counter decisions (INCRBY, PEXPIRE NX, GET of
+// the previous window) on keys over every master go through go-redis'
+// cluster pipeline in one batch, each answered with its own counter; the
+// refunds too.
+func TestBatcherClusterCounters(t *testing.T) {
+	cl := backing.MustCluster(t, backing.ClusterOptions{})
+	client := redis.NewClusterClient(cl.ClientOptions())
+	defer client.Close()
+	b := newBatcher(client, 5*time.Second, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
+	reqs := make([]*evalReq, 30)
+	mk := func(i int, kind reqKind) *evalReq {
+		tag := "edge:rl:{cluster||a:" + strconv.Itoa(i) + "}:s1000:"
+		return &evalReq{kind: kind, keys: []string{tag + "7", tag + "6"}, cost: 2, ttl: 60000,
+			deadline: time.Now().Add(5 * time.Second), done: make(chan evalResult, 1)}
+	}
+	for round, want := range []int64{2, 4} {
+		for i := range reqs {
+			reqs[i] = mk(i, kindCounter)
+		}
+		b.send(reqs)
+		for i, r := range reqs {
+			if res := <-r.done; res.err != nil || res.count != want || res.prev != 0 {
+				t.Fatalf("round %d, decision %d: got count %d prev %d (%v), want %d, 0", round, i, res.count, res.prev, res.err, want)
+			}
+		}
+	}
+	for i := range reqs {
+		reqs[i] = mk(i, kindRefund)
+	}
+	b.send(reqs)
+	for i, r := range reqs {
+		if res := <-r.done; res.err != nil || res.reply != int64(2) {
+			t.Fatalf("refund %d: got %v (%v), want the counter back at 2", i, res.reply, res.err)
+		}
+	}
+}
