@@ -43,6 +43,7 @@ type limits struct {
 	errs         []error
 	redisErr     error
 	redisCommand string
+	bare         []bareResult // the limiter's commands, bare (rlbare.go)
 }
 
 type redisBench struct {
@@ -60,6 +61,8 @@ func measureLimits(ctx context.Context, o *options, e *env, pr *progress) *limit
 		l.redisErr = err
 		l.errs = append(l.errs, err)
 	}
+	pr.printf("the limiter's commands, bare, at c=1 and c=64")
+	l.measureBare(ctx, e, o.rsaFor)
 	pr.printf("bare batch insert into ClickHouse")
 	if err := l.chInsert(ctx, o, e); err != nil {
 		l.insertErr = err

@@ -253,6 +253,18 @@ func (r *report) writeLimits(p func(string, ...any)) {
 		}
 		p("\nRedis' own CPU per call (`INFO commandstats`, unpipelined run): %s µs.\n\n", l.evalUsec)
 	}
+	if len(l.bare) > 0 {
+		p("**Redis: the limiter's commands, bare.** What a lone rule's decision sends when it is decided by plain commands (no script; docs/ratelimit.md), written by a minimal RESP client over plain TCP with nothing around it, keys of the limiter's layout with random addresses, always under the limit: `sliding_log` MULTI, ZREMRANGEBYSCORE, ZADD, ZCARD, PEXPIRE, ZRANGE, EXEC; `sliding_window` INCRBY, PEXPIRE NX, GET; `fixed_window` INCRBY, PEXPIRE NX. One connection (c=1: the round trip a lone decision cannot beat), then 64 (what Redis alone can decide on these cores), %s each; Redis' CPU per decision is all commands' `usec` in `INFO commandstats` over the c=64 decisions.\n\n", r.opts.rsaFor)
+		p("| algorithm | c=1 p50 | c=1 p99 | c=64 decisions/s | Redis CPU per decision |\n|---|---|---|---|---|\n")
+		for _, b := range l.bare {
+			if b.err != nil {
+				p("| %s | ERROR: %s | | | |\n", b.alg, mdCell(b.err.Error()))
+				continue
+			}
+			p("| %s | %s | %s | %.0f | %.2f µs |\n", b.alg, testbed.FormatDuration(b.p50), testbed.FormatDuration(b.p99), b.tput64, b.redisUsec)
+		}
+		p("\n")
+	}
 	p("**ClickHouse: bare batch insert.** Batches of %d rows into a table created from `conf/clickhouse-schema.sql` (the logger's columns), native protocol, lz4, one connection, column-wise appends: ", l.insertBatch)
 	if l.insertErr != nil {
 		p("ERROR: %s\n\n", mdCell(l.insertErr.Error()))
@@ -342,6 +354,16 @@ func (r *report) perLevel(key string, value func(c *cell) (string, bool)) (strin
 	}
 }
 
+// measured tells whether scenario key has a cell at any level.
+func (r *report) measured(key string) bool {
+	for _, l := range r.opts.levels {
+		if r.cell(key, l) != nil {
+			return true
+		}
+	}
+	return false
+}
+
 func ratioAtLeast(min float64) func(c *cell) (string, bool) {
 	return func(c *cell) (string, bool) { return fmt.Sprintf("%.2f×", c.ratio()), c.ratio() >= min }
 }
@@ -391,6 +413,58 @@ func (r *report) verdicts() []verdict {
 	add("#3 ratelimit", "Redis killed: p99 back within 1.2× no-op (within 1 s)", m+
 		". Steady state with the breaker open, after a warm-up; the first second after the kill is in `make chaos` (docs/resilience.md)", v)
 	add("#3 ratelimit", "Redis answering in 100 ms: p99 < 50 ms", "not part of `make bench`: `make chaos` scenario 3 (docs/resilience.md)", "—")
+
+	// Issue 14: ratelimit v2.
+	for _, sc := range []struct{ key, alg string }{{"rl", "sliding_log"}, {"rl-sw", "sliding_window"}, {"rl-fw", "fixed_window"}} {
+		c := r.cell(sc.key, 1)
+		b := r.limits.bareOf(sc.alg)
+		target := "c=1: p50 added over the no-op chain ≤ 2× the bare round trip of the same commands (" + sc.alg + ", `" + sc.key + "`)"
+		if c == nil || b == nil || b.p50 <= 0 {
+			add("#14 ratelimit v2", target, "not measured (c=1 or the bare commands missing)", "—")
+			continue
+		}
+		added := c.p50() - c.baseP50()
+		x := float64(added) / float64(b.p50)
+		v := "**not met**"
+		if x <= 2 {
+			v = "**met**"
+		}
+		add("#14 ratelimit v2", target, fmt.Sprintf("added %s (p50 %s, no-op %s) against bare %s: %.2f×", testbed.FormatDuration(added),
+			testbed.FormatDuration(c.p50()), testbed.FormatDuration(c.baseP50()), testbed.FormatDuration(b.p50), x), v)
+	}
+	for _, key := range []string{"rl", "rl-sw", "rl-fw", "rl-3rules"} {
+		if c := r.cell(key, 64); c != nil {
+			v := "**not met**"
+			if c.ratio() >= 0.6 {
+				v = "**met**"
+			}
+			add("#14 ratelimit v2", "c=64 throughput ≥ 0.6× the no-op chain (`"+key+"`)", fmt.Sprintf("%.2f× (%.0f vs %.0f req/s)", c.ratio(), c.tput(), c.baseTput()), v)
+		}
+	}
+	for _, alg := range []string{"sliding_window", "fixed_window"} {
+		var parts []string
+		ok := true
+		if us, found := r.micro.get("BenchmarkRequestFilter/"+alg, "redis_us/decision"); found {
+			parts = append(parts, fmt.Sprintf("through the plugin (BenchmarkRequestFilter/%s) %.2f µs", alg, us))
+			ok = us <= 4
+		}
+		if b := r.limits.bareOf(alg); b != nil {
+			parts = append(parts, fmt.Sprintf("its commands bare %.2f µs", b.redisUsec))
+		}
+		if len(parts) == 0 {
+			add("#14 ratelimit v2", alg+": Redis CPU per decision ≤ 4 µs", "not measured", "—")
+			continue
+		}
+		v := "**not met**"
+		if ok {
+			v = "**met**"
+		}
+		add("#14 ratelimit v2", alg+": Redis CPU per decision ≤ 4 µs", strings.Join(parts, "; "), v)
+	}
+	if r.measured("rl-sync-hot") {
+		m, v = r.perLevel("rl-sync-hot", ratioAtLeast(0.9))
+		add("#14 ratelimit v2", "delayed sync on a hot key ≥ 0.9× no-op", m, v)
+	}
 
 	// Issue 4: clickhouselogger.
 	if ns, ok := r.micro.get("BenchmarkEnqueue", "ns/op"); ok {
