@@ -189,12 +189,10 @@ type ingestDecoder struct {
 	maxField   int
 	maxValue   int
 	maxEntries int
-	reqHdr     map[string]hdrTarget // lower-cased request header -> where it goes
-	respHdr    map[string]hdrTarget // lower-cased response header -> where it goes
-	reqLens    [2]uint64            // bit n: a reqHdr name is n bytes long (n < 128)
-	respLens   [2]uint64            // the same for respHdr
-	entryKeys  map[string]int       // custom entry key -> custom index
-	customCols []string             // the custom column names (shared by every row)
+	reqHdr     hdrTable       // the request headers a column takes
+	respHdr    hdrTable       // the response headers a column takes
+	entryKeys  map[string]int // custom entry key -> custom index
+	customCols []string       // the custom column names (shared by every row)
 
 	// per batch
 	b    []byte
@@ -210,19 +208,57 @@ type ingestDecoder struct {
 	cspans []span // custom values, len(custom) per row
 
 	// per entry
-	str     [numStrFields]span
-	num     [numNumFields]float64
-	have    uint16 // bit n set when num[n] was read
-	bad     string // rejection reason, "" while the entry is good
-	known   bool   // a known key was seen
-	custom  []span
-	hdrName [128]byte
+	str    [numStrFields]span
+	num    [numNumFields]float64
+	have   uint16 // bit n set when num[n] was read
+	bad    string // rejection reason, "" while the entry is good
+	known  bool   // a known key was seen
+	custom []span
 }
 
 // hdrTarget is where a header's value goes: a built-in field (string
 // field + 1, or one of the resp constants below; 0 for none) and a custom
 // column (index + 1; 0 for none).
 type hdrTarget struct{ builtin, custom int8 }
+
+// hdrTable holds the wanted headers by the length of their name (under
+// 128 bytes, lower-cased): a header's name is compared with the few of
+// its length, without a copy or a hash.
+type hdrTable [128][]hdrEntry
+
+type hdrEntry struct {
+	name string
+	t    hdrTarget
+}
+
+func newHdrTable(m map[string]hdrTarget) (tbl hdrTable) {
+	for name, t := range m {
+		if len(name) < len(tbl) {
+			tbl[len(name)] = append(tbl[len(name)], hdrEntry{name, t})
+		}
+	}
+	return tbl
+}
+
+// find returns where the header named key (in any case) goes.
+func (tbl *hdrTable) find(key []byte) (hdrTarget, bool) {
+	if len(key) >= len(tbl) {
+		return hdrTarget{}, false
+	}
+next:
+	for _, e := range tbl[len(key)] {
+		for i, c := range key {
+			if 'A' <= c && c <= 'Z' {
+				c += 32
+			}
+			if c != e.name[i] {
+				continue next
+			}
+		}
+		return e.t, true
+	}
+	return hdrTarget{}, false
+}
 
 // Response header targets beyond the string fields.
 const (
@@ -233,26 +269,26 @@ const (
 
 func newIngestDecoder(cfg *Config) *ingestDecoder {
 	in := &cfg.Ingest
+	reqHdr := map[string]hdrTarget{
+		"host":                     {builtin: fHost + 1},
+		"user-agent":               {builtin: fUserAgent + 1},
+		"x-request-id":             {builtin: fXRequestID + 1},
+		lower(cfg.TenantHeader):    {builtin: fTenant + 1},
+		lower(core.ConsumerHeader): {builtin: fConsumer + 1},
+	}
+	respHdr := map[string]hdrTarget{
+		"x-ratelimit-status":          {builtin: fRLStatus + 1},
+		"x-ratelimit-limit":           {builtin: respRLLimit},
+		"x-ratelimit-remaining":       {builtin: respRLRemaining},
+		"retry-after":                 {builtin: respRetryAfter},
+		lower(core.LogConsumerHeader): {builtin: fSealed + 1},
+	}
 	d := &ingestDecoder{
 		maxField:   in.MaxFieldBytes,
 		maxValue:   cfg.MaxValueBytes,
 		maxEntries: in.MaxEntries,
-		reqHdr: map[string]hdrTarget{
-			"host":                     {builtin: fHost + 1},
-			"user-agent":               {builtin: fUserAgent + 1},
-			"x-request-id":             {builtin: fXRequestID + 1},
-			lower(cfg.TenantHeader):    {builtin: fTenant + 1},
-			lower(core.ConsumerHeader): {builtin: fConsumer + 1},
-		},
-		respHdr: map[string]hdrTarget{
-			"x-ratelimit-status":          {builtin: fRLStatus + 1},
-			"x-ratelimit-limit":           {builtin: respRLLimit},
-			"x-ratelimit-remaining":       {builtin: respRLRemaining},
-			"retry-after":                 {builtin: respRetryAfter},
-			lower(core.LogConsumerHeader): {builtin: fSealed + 1},
-		},
-		entryKeys: map[string]int{},
-		custom:    make([]span, len(in.Columns)),
+		entryKeys:  map[string]int{},
+		custom:     make([]span, len(in.Columns)),
 	}
 	for i, c := range in.Columns {
 		d.customCols = append(d.customCols, c.Name)
@@ -261,21 +297,16 @@ func newIngestDecoder(cfg *Config) *ingestDecoder {
 		case "entry":
 			d.entryKeys[key] = i
 		case "header":
-			t := d.reqHdr[key]
+			t := reqHdr[key]
 			t.custom = int8(i + 1)
-			d.reqHdr[key] = t
+			reqHdr[key] = t
 		case "response_header":
-			t := d.respHdr[key]
+			t := respHdr[key]
 			t.custom = int8(i + 1)
-			d.respHdr[key] = t
+			respHdr[key] = t
 		}
 	}
-	for k := range d.reqHdr {
-		d.reqLens[len(k)/64%2] |= 1 << (len(k) % 64)
-	}
-	for k := range d.respHdr {
-		d.respLens[len(k)/64%2] |= 1 << (len(k) % 64)
-	}
+	d.reqHdr, d.respHdr = newHdrTable(reqHdr), newHdrTable(respHdr)
 	return d
 }
 
@@ -430,7 +461,7 @@ func (d *ingestDecoder) entry(out []row, recvMilli int64, st *decodeStats) []row
 		}
 		return out
 	}
-	d.object(d.topKey)
+	d.object(objEntry)
 	if d.err != nil {
 		return out
 	}
@@ -521,51 +552,98 @@ func toU64(f float64) uint64 {
 	return uint64(f)
 }
 
-// object reads an object, calling member for each key with the position
-// at its value; member must consume the value.
-func (d *ingestDecoder) object(member func(key []byte)) {
-	d.i++ // '{'
-	d.ws()
-	if d.peek() == '}' {
-		d.i++
+// The objects of an entry, each with its own members.
+const (
+	objEntry       = iota // the entry itself
+	objRequest            // its request
+	objResponse           // its response
+	objReqHeaders         // the request's headers
+	objRespHeaders        // the response's headers
+)
+
+// object reads an object of kind obj, handing each key to member with the
+// position at its value. The cursor stays in locals between the members.
+func (d *ingestDecoder) object(obj int) {
+	b := d.b
+	i := skipWS(b, d.i+1) // past '{'
+	if i < len(b) && b[i] == '}' {
+		d.i = i + 1
 		return
 	}
-	for d.err == nil {
-		if d.peek() != '"' {
+	for {
+		if i >= len(b) || b[i] != '"' {
+			d.i = i
 			d.fail("expected a key")
 			return
 		}
-		key := d.str1(true)
-		if d.err != nil {
-			return
+		var key []byte
+		if j, esc := quoteEnd(b[i+1:]); j >= 0 && !esc {
+			key = b[i+1 : i+1+j] // the usual key: no escape
+			i += j + 2
+		} else {
+			d.i = i
+			if key = d.str1(true); d.err != nil {
+				return
+			}
+			i = d.i
 		}
 		if len(key) > d.maxField {
 			d.bad = rejectFieldTooLarge
 		}
-		d.ws()
-		if d.peek() != ':' {
+		i = skipWS(b, i)
+		if i >= len(b) || b[i] != ':' {
+			d.i = i
 			d.fail("expected ':'")
 			return
 		}
-		d.i++
-		d.ws()
-		member(key)
+		d.i = skipWS(b, i+1)
+		d.member(obj, key)
 		if d.err != nil {
 			return
 		}
-		d.ws()
-		switch d.peek() {
-		case ',':
-			d.i++
-			d.ws()
-		case '}':
-			d.i++
+		i = skipWS(b, d.i)
+		switch {
+		case i < len(b) && b[i] == ',':
+			i = skipWS(b, i+1)
+		case i < len(b) && b[i] == '}':
+			d.i = i + 1
 			return
 		default:
+			d.i = i
 			d.fail("expected ',' or '}'")
 			return
 		}
 	}
+}
+
+// member reads the value of key, a member of an object of kind obj.
+func (d *ingestDecoder) member(obj int, key []byte) {
+	switch obj {
+	case objEntry:
+		d.topKey(key)
+	case objRequest:
+		d.requestKey(key)
+	case objResponse:
+		d.responseKey(key)
+	case objReqHeaders:
+		d.header(key, &d.reqHdr)
+	case objRespHeaders:
+		d.header(key, &d.respHdr)
+	}
+}
+
+// skipWS returns the index of the first byte from i on that is not JSON
+// whitespace.
+func skipWS(b []byte, i int) int {
+	for i < len(b) && b[i] <= ' ' {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
 }
 
 // topKey handles one member of an entry.
@@ -574,13 +652,13 @@ func (d *ingestDecoder) topKey(key []byte) {
 	case "request":
 		if d.peek() == '{' {
 			d.known = true
-			d.object(d.requestKey)
+			d.object(objRequest)
 			return
 		}
 	case "response":
 		if d.peek() == '{' {
 			d.known = true
-			d.object(d.responseKey)
+			d.object(objResponse)
 			return
 		}
 	}
@@ -627,7 +705,7 @@ func (d *ingestDecoder) requestKey(key []byte) {
 	switch string(key) {
 	case "headers":
 		if d.peek() == '{' {
-			d.object(func(k []byte) { d.header(k, d.reqHdr, &d.reqLens) })
+			d.object(objReqHeaders)
 			return
 		}
 	case "method":
@@ -652,7 +730,7 @@ func (d *ingestDecoder) responseKey(key []byte) {
 	switch string(key) {
 	case "headers":
 		if d.peek() == '{' {
-			d.object(func(k []byte) { d.header(k, d.respHdr, &d.respLens) })
+			d.object(objRespHeaders)
 			return
 		}
 	case "status":
@@ -675,19 +753,8 @@ func (d *ingestDecoder) scalarTo(t target) {
 // header handles one header of a default entry's request or response
 // headers: only the ones a column needs are read, the others (credentials
 // among them) are skipped without being copied anywhere.
-func (d *ingestDecoder) header(key []byte, m map[string]hdrTarget, lens *[2]uint64) {
-	if len(key) >= len(d.hdrName) || lens[len(key)/64]&(1<<(len(key)%64)) == 0 {
-		d.skip() // no header of this length is wanted: no lookup
-		return
-	}
-	name := d.hdrName[:len(key)]
-	for i, c := range key {
-		if 'A' <= c && c <= 'Z' {
-			c += 32
-		}
-		name[i] = c
-	}
-	t, ok := m[string(name)]
+func (d *ingestDecoder) header(key []byte, tbl *hdrTable) {
+	t, ok := tbl.find(key)
 	if !ok {
 		d.skip()
 		return

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -237,40 +239,97 @@ func FuzzIngestDecodeLegacy(f *testing.F) {
 	f.Add([]byte(`{"route_id":"r","upstream_response_time":"0.1, 0.2 : -"}` + "\n" + `{"status":"x"}`))
 	f.Add([]byte(`[{"x":[[[{"a":"\\\""}]]]}]`))
 	f.Add([]byte(`[{"route_id":"r","c1":"v","request":{"headers":{"X-C2":["a",1,true],"X-Edge-Log-Consumer":"x"}},"response":{"headers":{"X-RateLimit-Limit":"10","Retry-After":"3.5"}}}]`))
-	cfgs := []string{
-		"  addrs: [\"127.0.0.1:1\"]\n  max_value_bytes: 64\n  ingest: {listen: \"off\", max_entries: 1000, max_field_bytes: 4096, columns: [{name: c1, from: \"entry:c1\"}, {name: c2, from: \"header:x-c2\"}, {name: c3, from: \"response_header:x-c3\"}]}\n",
-		"  addrs: [\"127.0.0.1:1\"]\n  max_value_bytes: 16\n  ingest: {listen: \"off\", max_entries: 5, max_field_bytes: 256}\n",
+	ds := legacyPairs(f)
+	f.Fuzz(func(t *testing.T, data []byte) { compareLegacy(t, ds, data) })
+}
+
+// legacyConfigs are the configurations the decoders are compared under:
+// custom columns of every kind, and small bounds.
+var legacyConfigs = []string{
+	"  addrs: [\"127.0.0.1:1\"]\n  max_value_bytes: 64\n  ingest: {listen: \"off\", max_entries: 1000, max_field_bytes: 4096, columns: [{name: c1, from: \"entry:c1\"}, {name: c2, from: \"header:x-c2\"}, {name: c3, from: \"response_header:x-c3\"}]}\n",
+	"  addrs: [\"127.0.0.1:1\"]\n  max_value_bytes: 16\n  ingest: {listen: \"off\", max_entries: 5, max_field_bytes: 256}\n",
+}
+
+type legacyPair struct {
+	d   *ingestDecoder
+	old *legacyDecoder
+}
+
+func legacyPairs(t testing.TB) []legacyPair {
+	var ds []legacyPair
+	for _, c := range legacyConfigs {
+		cfg := testConfig(t, c)
+		ds = append(ds, legacyPair{newIngestDecoder(&cfg), newLegacyDecoder(&cfg)})
 	}
-	type pair struct {
-		d   *ingestDecoder
-		old *legacyDecoder
-	}
-	var ds []pair
-	for _, c := range cfgs {
-		cfg := testConfig(f, c)
-		ds = append(ds, pair{newIngestDecoder(&cfg), newLegacyDecoder(&cfg)})
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		for k, p := range ds {
-			rows, st, err := p.d.decode(data, 7, nil)
-			want, wst, werr := p.old.decode(data, 7, nil)
-			if (err == nil) != (werr == nil) || errors.Is(err, errTooMany) != errors.Is(werr, errTooMany) || errors.Is(err, errMalformed) != errors.Is(werr, errMalformed) {
-				t.Fatalf("config %d: error %v, the old decoder's %v", k, err, werr)
-			}
-			if err != nil {
-				continue // the caller discards the rows
-			}
-			if st != wst {
-				t.Fatalf("config %d: stats %+v, the old decoder's %+v", k, st, wst)
-			}
-			if len(rows) != len(want) {
-				t.Fatalf("config %d: %d rows, the old decoder found %d", k, len(rows), len(want))
-			}
-			for i := range rows {
-				if !reflect.DeepEqual(rows[i], want[i]) {
-					t.Fatalf("config %d: row %d\n got %+v\nwant %+v", k, i, rows[i], want[i])
-				}
+	return ds
+}
+
+// compareLegacy fails t unless both decoders of each pair read data alike.
+func compareLegacy(t testing.TB, ds []legacyPair, data []byte) {
+	t.Helper()
+	for k, p := range ds {
+		rows, st, err := p.d.decode(data, 7, nil)
+		want, wst, werr := p.old.decode(data, 7, nil)
+		if (err == nil) != (werr == nil) || errors.Is(err, errTooMany) != errors.Is(werr, errTooMany) || errors.Is(err, errMalformed) != errors.Is(werr, errMalformed) {
+			t.Fatalf("config %d, input %q: error %v, the old decoder's %v", k, data, err, werr)
+		}
+		if err != nil {
+			continue // the caller discards the rows
+		}
+		if st != wst {
+			t.Fatalf("config %d, input %q: stats %+v, the old decoder's %+v", k, data, st, wst)
+		}
+		if len(rows) != len(want) {
+			t.Fatalf("config %d, input %q: %d rows, the old decoder found %d", k, data, len(rows), len(want))
+		}
+		for i := range rows {
+			if !reflect.DeepEqual(rows[i], want[i]) {
+				t.Fatalf("config %d, input %q: row %d\n got %+v\nwant %+v", k, data, i, rows[i], want[i])
 			}
 		}
-	})
+	}
+}
+
+// TestIngestDecodeMatchesLegacy is FuzzIngestDecodeLegacy's check on
+// inputs made by seeded random edits of the captured batches and of
+// hand-written corners (the fuzzer spends most of its time minimizing the
+// large seeds): cut, duplicated, deleted or replaced bytes, JSON's
+// structural characters, escapes and numbers inserted.
+func TestIngestDecodeMatchesLegacy(t *testing.T) {
+	ds := legacyPairs(t)
+	seeds := [][]byte{
+		defaultBatch(t, 2, "m"),
+		readFixture(t, "log-format.json"),
+		readFixture(t, "log-format-new-line.txt"),
+		readFixture(t, "rejected-requests.txt"),
+		[]byte(`[{"route_id":"r","c1":"v","request":{"uri":"/a?b","headers":{"X-C2":["a",1,true],"Host":"h:1","X-Edge-Log-Consumer":"x"}},"response":{"status":"204","headers":{"X-RateLimit-Limit":"10","Retry-After":"3.5","x-c3":"z"}}},{"latency":1e2,"upstream_response_time":"0.1, 0.2 : -"}]`),
+	}
+	pieces := []string{`"`, `\`, `{`, `}`, `[`, `]`, `,`, `:`, ` `, "\n", `\"`, `\u00e9`, `\ud83d\ude00`, `\ud800`, `null`, `true`, `-0.5e3`, `00`, `"route_id":`, `"status":`, `"request":{"headers":{`, `"Host":`, `"x-c2":`, `"c1":`, `1e400`, "\xff", "é"}
+	rnd := rand.New(rand.NewPCG(13, 1))
+	n := 20000
+	if testing.Short() {
+		n = 2000
+	}
+	for range n {
+		data := slices.Clone(seeds[rnd.IntN(len(seeds))])
+		for range 1 + rnd.IntN(4) {
+			at := rnd.IntN(len(data) + 1)
+			switch rnd.IntN(5) {
+			case 0: // cut
+				data = data[:at]
+			case 1: // delete a few bytes
+				data = append(data[:at], data[min(len(data), at+1+rnd.IntN(8)):]...)
+			case 2: // insert a piece
+				data = slices.Insert(data, at, []byte(pieces[rnd.IntN(len(pieces))])...)
+			case 3: // replace a byte
+				if at < len(data) {
+					data[at] = byte(rnd.IntN(256))
+				}
+			case 4: // duplicate a span
+				end := min(len(data), at+rnd.IntN(64))
+				data = slices.Insert(data, at, data[at:end]...)
+			}
+		}
+		compareLegacy(t, ds, data)
+	}
 }
