@@ -19,3 +19,14 @@ func ValidHeaderName(s string) bool {
 	}
 	return true
 }
+
+// HeaderPeeker is implemented by the request headers the runner's server
+// hands to plugins: it reads a header without copying it, for a plugin that
+// only looks at a value (a token it hashes) and would otherwise copy it on
+// every request.
+type HeaderPeeker interface {
+	// PeekHeader returns the first value of key, as Get does, and whether
+	// the header is present. The slice is valid until the plugin returns,
+	// and must not be modified.
+	PeekHeader(key string) ([]byte, bool)
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/api7/ext-plugin-proto/go/A6"
 	hrc "github.com/api7/ext-plugin-proto/go/A6/HTTPReqCall"
 	hresp "github.com/api7/ext-plugin-proto/go/A6/HTTPRespCall"
+	"github.com/apisix-edge/edge-runner/core"
 	flatbuffers "github.com/google/flatbuffers/go"
 )
 
@@ -42,6 +43,8 @@ func (s headerSource) at(e *A6.TextEntry, i int) bool {
 	}
 	return false
 }
+
+var _ core.HeaderPeeker = (*header)(nil)
 
 // header is the pkg/http Header of a request or a response. Until a plugin
 // asks for View, it reads the headers from the frame itself and keeps the
@@ -133,6 +136,26 @@ func (h *header) Get(key string) string {
 		return string(v)
 	}
 	return ""
+}
+
+// PeekHeader implements core.HeaderPeeker: the first value of key without
+// a copy while the value is the frame's (a value a plugin set, or any once
+// View built the map, is copied).
+func (h *header) PeekHeader(key string) ([]byte, bool) {
+	k := textproto.CanonicalMIMEHeaderKey(key)
+	if h.h != nil {
+		if vs := h.h[k]; len(vs) > 0 {
+			return []byte(vs[0]), true
+		}
+		return nil, false
+	}
+	if c := h.change(k); c != nil {
+		if c.del {
+			return nil, false
+		}
+		return []byte(c.value), true
+	}
+	return h.raw(k)
 }
 
 // Values returns every value of key, as http.Header.Values does.

@@ -125,6 +125,10 @@ func TestLazyHeaderMatchesEager(t *testing.T) {
 			if got, want := lazy.Get(key), eager.h.Get(key); got != want {
 				t.Fatalf("headers %q, ops %q: Get(%q) = %q, want %q", pairs, log, key, got, want)
 			}
+			_, present := eager.h[textproto.CanonicalMIMEHeaderKey(key)]
+			if got, ok := lazy.PeekHeader(key); string(got) != eager.h.Get(key) || ok != present {
+				t.Fatalf("headers %q, ops %q: PeekHeader(%q) = %q, %v, want %q, %v", pairs, log, key, got, ok, eager.h.Get(key), present)
+			}
 		}
 		if got, want := lazyAnswer(lazy), eager.answer(); !reflect.DeepEqual(got, want) {
 			t.Fatalf("headers %q, ops %q: answer %q, want %q", pairs, log, got, want)
