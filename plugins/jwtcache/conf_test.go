@@ -167,12 +167,16 @@ func TestExtractToken(t *testing.T) {
 		{"query missing", tokenSource{kind: fromQuery, name: "access_token"}, nil, url.Values{}, "", reasonMissingToken},
 	}
 	for _, tt := range tests {
-		got, why := extractFrom(tt.src, tt.hdr, argsOf(tt.args), 256)
-		if why == "" && !jwsShape(got) { // what verify checks first on a miss
-			got, why = "", reasonMalformed
-		}
-		if got != tt.want || why != tt.reason {
-			t.Errorf("%s: got (%q, %q), want (%q, %q)", tt.name, got, why, tt.want, tt.reason)
+		// the header as a map, and as the server lends it (no copy)
+		for _, hdr := range []headerReader{tt.hdr, peekHeader{tt.hdr}} {
+			tok, why := extractFrom(tt.src, hdr, argsOf(tt.args), 256)
+			got := tok.String()
+			if why == "" && !jwsShape(got) { // what verify checks first on a miss
+				got, why = "", reasonMalformed
+			}
+			if got != tt.want || why != tt.reason {
+				t.Errorf("%s (%T): got (%q, %q), want (%q, %q)", tt.name, hdr, got, why, tt.want, tt.reason)
+			}
 		}
 	}
 }
@@ -247,7 +251,12 @@ func FuzzExtractToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, auth, cookie, query string, kind uint8) {
 		src := []tokenSource{{kind: fromBearer}, {kind: fromHeader, name: "Authorization"}, {kind: fromCookie, name: "at"}, {kind: fromQuery, name: "q"}}[kind%4]
 		hdr := http.Header{"Authorization": {auth}, "Cookie": {cookie}}
-		tok, why := extractFrom(src, hdr, argsOf(url.Values{"q": {query}}), 512)
+		found, why := extractFrom(src, hdr, argsOf(url.Values{"q": {query}}), 512)
+		tok := found.String()
+		lent, lentWhy := extractFrom(src, peekHeader{hdr}, argsOf(url.Values{"q": {query}}), 512)
+		if lent.String() != tok || lentWhy != why {
+			t.Fatalf("through PeekHeader (%q, %q), through Get (%q, %q)", lent.String(), lentWhy, tok, why)
+		}
 		if why == "" {
 			if len(tok) > 512 || tok == "" || tok != strings.Trim(tok, " \t") {
 				t.Fatalf("accepted %q", tok)

@@ -251,7 +251,7 @@ func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Requ
 		m.fail(w, rc, reject(why))
 		return
 	}
-	v := m.verify(rc, tok)
+	v := m.verifyToken(rc, &tok)
 	if v.status != 0 {
 		m.fail(w, rc, v)
 		return
@@ -270,7 +270,7 @@ func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Requ
 		}
 	}
 	if rc.payloadHdr != "" {
-		hdr.Set(rc.payloadHdr, payloadSegment(tok))
+		hdr.Set(rc.payloadHdr, payloadSegment(tok.String()))
 	}
 	if c, ok := rc.consumer.get(v.claims); ok {
 		if id, ok := consumerValue(c); ok {

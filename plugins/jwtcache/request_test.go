@@ -90,9 +90,9 @@ func (w *testWriter) Write(b []byte) (int, error) {
 }
 func (w *testWriter) WriteHeader(s int) { w.status = s }
 
-// readerHeader is a header that a plugin can read through Get and Values
-// (headerReader), as the runner's server header can, and whose View must
-// not be needed: it panics.
+// readerHeader is a header that a plugin can read through Get, Values and
+// PeekHeader, as the runner's server header can, and whose View must not
+// be needed: it panics.
 type readerHeader struct{ h http.Header }
 
 func (h *readerHeader) Set(k, v string)          { h.h.Set(k, v) }
@@ -100,6 +100,20 @@ func (h *readerHeader) Del(k string)             { h.h.Del(k) }
 func (h *readerHeader) Get(k string) string      { return h.h.Get(k) }
 func (h *readerHeader) Values(k string) []string { return h.h.Values(k) }
 func (h *readerHeader) View() http.Header        { panic("View called") }
+
+func (h *readerHeader) PeekHeader(k string) ([]byte, bool) { return peekHeader{h.h}.PeekHeader(k) }
+
+// peekHeader is an http.Header that lends its values as the runner's
+// server header does (core.HeaderPeeker).
+type peekHeader struct{ http.Header }
+
+func (h peekHeader) PeekHeader(k string) ([]byte, bool) {
+	vs := h.Header[http.CanonicalHeaderKey(k)]
+	if len(vs) == 0 {
+		return nil, false
+	}
+	return []byte(vs[0]), true
+}
 
 // readerRequest is a testRequest whose header is a readerHeader.
 type readerRequest struct {

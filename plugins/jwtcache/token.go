@@ -1,10 +1,12 @@
 package jwtcache
 
 import (
+	"crypto/sha256"
 	"net/url"
 	"strings"
 
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
+	"github.com/apisix-edge/edge-runner/core"
 )
 
 // reason is the fixed label set of apisix_edge_jwt_verifications_total.
@@ -59,55 +61,140 @@ func readerOf(h pkgHTTP.Header) headerReader {
 	return h.View()
 }
 
+// tokenText is a token found in a request: the bytes of the header that
+// holds it when the server lends them (core.HeaderPeeker, valid during the
+// call), else a string. Only a cache miss or a payload header needs the
+// string, so a cache hit on a header token copies nothing.
+type tokenText struct {
+	b   []byte
+	s   string
+	str bool // s holds the token
+}
+
+func tokenString(s string) tokenText { return tokenText{s: s, str: true} }
+
+// String returns the token, copied out of the header once.
+func (t *tokenText) String() string {
+	if !t.str {
+		t.s, t.str = string(t.b), true
+	}
+	return t.s
+}
+
+// hash is the token's key in the verified-token cache (tokenHash).
+func (t *tokenText) hash() [32]byte {
+	if t.str {
+		return tokenHash(t.s)
+	}
+	return sha256.Sum256(t.b)
+}
+
 // extractToken looks for the token in the route's sources, in order: the
 // first one present wins, even if it is invalid. It returns the token and
 // the source it came from; the empty reason means a token was found.
-func extractToken(srcs []tokenSource, hdr headerReader, args argser, maxSize int) (string, tokenSource, reason) {
+func extractToken(srcs []tokenSource, hdr headerReader, args argser, maxSize int) (tokenText, tokenSource, reason) {
 	for _, src := range srcs {
 		tok, why := extractFrom(src, hdr, args, maxSize)
 		if why != reasonMissingToken {
 			return tok, src, why
 		}
 	}
-	return "", tokenSource{}, reasonMissingToken
+	return tokenText{}, tokenSource{}, reasonMissingToken
 }
 
 // extractFrom finds the token in one source, and checks its size before
 // anything reads it. The empty reason means a token was found.
-func extractFrom(src tokenSource, hdr headerReader, args argser, maxSize int) (string, reason) {
+func extractFrom(src tokenSource, hdr headerReader, args argser, maxSize int) (tokenText, reason) {
 	var raw string
 	switch src.kind {
-	case fromBearer:
-		v := hdr.Get("Authorization")
-		scheme, rest, ok := strings.Cut(strings.TrimLeft(v, " "), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			// No credentials, or another scheme (Basic): no bearer token.
-			return "", reasonMissingToken
+	case fromBearer, fromHeader:
+		name, bearer := src.name, src.kind == fromBearer
+		if bearer {
+			name = "Authorization"
 		}
-		raw = rest
-	case fromHeader:
-		raw = hdr.Get(src.name)
-		if len(raw) > 7 && strings.EqualFold(raw[:7], "Bearer ") {
-			raw = raw[7:]
+		if p, ok := hdr.(core.HeaderPeeker); ok {
+			v, _ := p.PeekHeader(name)
+			tok, why := headerToken(v, bearer, maxSize)
+			return tokenText{b: tok}, why
 		}
+		tok, why := headerToken(hdr.Get(name), bearer, maxSize)
+		return tokenString(tok), why
 	case fromCookie:
 		raw = cookieValue(hdr.Values("Cookie"), src.name)
 	case fromQuery:
 		raw = args.Args().Get(src.name)
 	}
-	if len(raw) > maxSize+16 {
-		return "", reasonTooLarge
+	tok, why := checkToken(raw, maxSize)
+	return tokenString(tok), why
+}
+
+// headerToken is the token in a header's value: what follows the Bearer
+// scheme of Authorization (bearer; no credentials, or another scheme such
+// as Basic, is no token), or the value of any other header, where a
+// "Bearer " prefix is tolerated.
+func headerToken[T ~string | ~[]byte](v T, bearer bool, maxSize int) (T, reason) {
+	if bearer {
+		for len(v) > 0 && v[0] == ' ' {
+			v = v[1:]
+		}
+		i := 0
+		for i < len(v) && v[i] != ' ' {
+			i++
+		}
+		if i == len(v) || !equalFoldASCII(v[:i], "Bearer") {
+			return v[:0], reasonMissingToken
+		}
+		v = v[i+1:]
+	} else if len(v) > 7 && equalFoldASCII(v[:7], "Bearer ") {
+		v = v[7:]
 	}
-	tok := strings.Trim(raw, " \t")
-	if tok == "" {
-		return "", reasonMissingToken
+	return checkToken(v, maxSize)
+}
+
+// checkToken trims the raw token and checks its size: before the trim
+// against a bound, so that no unbounded input is read, then exactly.
+func checkToken[T ~string | ~[]byte](raw T, maxSize int) (T, reason) {
+	if len(raw) > maxSize+16 {
+		return raw[:0], reasonTooLarge
+	}
+	tok := raw
+	for len(tok) > 0 && (tok[0] == ' ' || tok[0] == '\t') {
+		tok = tok[1:]
+	}
+	for len(tok) > 0 && (tok[len(tok)-1] == ' ' || tok[len(tok)-1] == '\t') {
+		tok = tok[:len(tok)-1]
+	}
+	if len(tok) == 0 {
+		return tok, reasonMissingToken
 	}
 	if len(tok) > maxSize {
-		return "", reasonTooLarge
+		return tok[:0], reasonTooLarge
 	}
 	// The shape (jwsShape) is checked by verify on a cache miss only: a
 	// hit is a token that verified before, byte for byte.
 	return tok, ""
+}
+
+// equalFoldASCII reports whether a equals b but for ASCII case. For the
+// scheme names compared here it decides as strings.EqualFold does: no
+// other rune folds to their letters.
+func equalFoldASCII[T ~string | ~[]byte](a T, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // jwsShape reports whether s is header.payload.signature in base64url

@@ -205,10 +205,17 @@ func reject(r reason) verdict {
 // verified it; otherwise its (unverified) iss selects the provider, whose
 // validator then requires that very iss.
 func (m *JWTCache) verify(rc *routeConf, token string) verdict {
+	t := tokenString(token)
+	return m.verifyToken(rc, &t)
+}
+
+// verifyToken is verify of a token as found in a request: on a cache hit
+// it is hashed, never copied.
+func (m *JWTCache) verifyToken(rc *routeConf, tok *tokenText) verdict {
 	now := m.now()
-	hash := tokenHash(token)
+	hash := tok.hash()
 	if len(rc.provs) == 1 {
-		return m.verifyWith(rc, &rc.provs[0], token, hash, now)
+		return m.verifyWith(rc, &rc.provs[0], tok, hash, now)
 	}
 	for i := range rc.provs {
 		rp := &rc.provs[i]
@@ -221,6 +228,7 @@ func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 			return m.checkClaims(rc, rp, e.alg, e.claims)
 		}
 	}
+	token := tok.String()
 	if !jwsShape(token) {
 		return reject(reasonMalformed)
 	}
@@ -230,14 +238,14 @@ func (m *JWTCache) verify(rc *routeConf, token string) verdict {
 	}
 	for i := range rc.provs {
 		if rc.provs[i].issuer == iss {
-			return m.verifyWith(rc, &rc.provs[i], token, hash, now)
+			return m.verifyWith(rc, &rc.provs[i], tok, hash, now)
 		}
 	}
 	return reject(reasonBadIssuer)
 }
 
 // verifyWith verifies token with one provider.
-func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, token string, hash [32]byte, now time.Time) verdict {
+func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, hash [32]byte, now time.Time) verdict {
 	p := rp.prov
 	ks := p.current(now)
 	key := cacheKey{prov: p.id, hash: hash}
@@ -252,6 +260,7 @@ func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, token string, hash [
 	}
 	// Not a token verified before: check its shape (three base64url
 	// segments) before anything decodes it.
+	token := found.String()
 	if !jwsShape(token) {
 		return reject(reasonMalformed)
 	}
