@@ -1125,54 +1125,41 @@ func (d *ingestDecoder) str1(isKey bool) []byte {
 
 // quoteEnd returns the index of the first '"' in b and whether a '\\'
 // comes before it, -1 when there is no quote. The first 64 bytes (keys,
-// most values) are scanned eight at a time in a word (below); past them
-// the rest goes to bytes.IndexByte, which is vectorized but costs a call.
+// most values) are read eight at a time in a word: x ^ quote has a zero
+// byte where x has a '"', and (v - lows) &^ v & highs sets the high bit of
+// the first zero byte of v (the bits above it may be wrong, the lowest one
+// never is). Past them the rest goes to bytes.IndexByte, which is
+// vectorized but costs a call.
 func quoteEnd(b []byte) (int, bool) {
-	n := min(len(b), 64)
-	j := quoteOrBackslash(b[:n])
-	switch {
-	case j >= 0 && b[j] == '"':
-		return j, false
-	case j >= 0:
-		return bytes.IndexByte(b, '"'), true
+	i := 0
+	for n := min(len(b), 64); i+8 <= n; i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		q, s := x^quote, x^bslsh
+		if m := ((q-lows)&^q | (s-lows)&^s) & highs; m != 0 {
+			j := i + bits.TrailingZeros64(m)/8
+			if b[j] == '"' {
+				return j, false
+			}
+			if k := bytes.IndexByte(b[j:], '"'); k >= 0 {
+				return j + k, true
+			}
+			return -1, false
+		}
 	}
-	k := bytes.IndexByte(b[n:], '"')
+	k := bytes.IndexByte(b[i:], '"')
 	if k < 0 {
 		return -1, false
 	}
-	k += n
-	return k, bytes.IndexByte(b[n:k], '\\') >= 0
+	return i + k, bytes.IndexByte(b[i:i+k], '\\') >= 0
 }
 
-// Words of eight bytes, for quoteOrBackslash.
+// Words of eight bytes, for quoteEnd.
 const (
 	lows  = 0x0101010101010101
 	highs = 0x8080808080808080
 	quote = lows * '"'
 	bslsh = lows * '\\'
 )
-
-// quoteOrBackslash returns the index of the first '"' or '\\' in b, -1
-// when there is none. It reads b eight bytes at a time: x ^ quote has a
-// zero byte where x has a '"', and (v - lows) &^ v & highs sets the high
-// bit of the first zero byte of v (the bits above it may be wrong, the
-// lowest one never is).
-func quoteOrBackslash(b []byte) int {
-	i := 0
-	for ; i+8 <= len(b); i += 8 {
-		x := binary.LittleEndian.Uint64(b[i:])
-		q, s := x^quote, x^bslsh
-		if m := ((q - lows) &^ q) | ((s-lows)&^s)&highs; m&highs != 0 {
-			return i + bits.TrailingZeros64(m&highs)/8
-		}
-	}
-	for ; i < len(b); i++ {
-		if c := b[i]; c == '"' || c == '\\' {
-			return i
-		}
-	}
-	return -1
-}
 
 func hex4(b []byte, i int) (rune, bool) {
 	if i+4 > len(b) {
