@@ -1,7 +1,7 @@
 package jwtcache
 
 import (
-	"crypto/sha256"
+	"hash/maphash"
 	"net/url"
 	"strings"
 
@@ -81,12 +81,25 @@ func (t *tokenText) String() string {
 	return t.s
 }
 
-// hash is the token's key in the verified-token cache (tokenHash).
-func (t *tokenText) hash() [32]byte {
+// tokenSeed keys the hash of the verified-token cache: drawn at start, so
+// that no client can aim tokens at one cache slot (a collision is a miss
+// anyway: cacheKey).
+var tokenSeed = maphash.MakeSeed()
+
+// hash is the token's hash in the verified-token cache's key.
+func (t *tokenText) hash() uint64 {
 	if t.str {
-		return tokenHash(t.s)
+		return maphash.String(tokenSeed, t.s)
 	}
-	return sha256.Sum256(t.b)
+	return maphash.Bytes(tokenSeed, t.b)
+}
+
+// is reports whether the token is s, byte for byte.
+func (t *tokenText) is(s string) bool {
+	if t.str {
+		return t.s == s
+	}
+	return string(t.b) == s
 }
 
 // extractToken looks for the token in the route's sources, in order: the

@@ -1,7 +1,6 @@
 package jwtcache
 
 import (
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 // cacheEntry is a token whose signature was verified. Claims are checked
 // again on every hit, against the route's conf and the current time.
 type cacheEntry struct {
+	token  string // the very token: a hit needs the same bytes
 	provID uint64
 	kid    string
 	keyFP  [32]byte // the key that verified it (for no-kid tokens: the set)
@@ -28,12 +27,14 @@ type cacheEntry struct {
 	claims *verifiedClaims
 }
 
-// cacheKey is a SHA-256 of the token (a cryptographic hash: a collision
-// would make a forged token a cache hit) with its provider: the same token
-// verified against another provider's keys is another entry.
+// cacheKey is the token's hash (hash/maphash, under a seed drawn at
+// start) with its provider: the same token verified against another
+// provider's keys is another entry. The hash only finds the entry: a hit
+// needs the entry's token to be the very same bytes, so two tokens with
+// the same hash are a miss, never a forged token's hit.
 type cacheKey struct {
 	prov uint64
-	hash [32]byte
+	hash uint64
 }
 
 // verifiedClaims are a token's claims with the registered ones parsed once,
@@ -223,7 +224,7 @@ func (m *JWTCache) verifyToken(rc *routeConf, tok *tokenText) verdict {
 		if ks == nil {
 			continue
 		}
-		if e, ok := m.cache.Get(cacheKey{prov: rp.prov.id, hash: hash}); ok && m.entryValid(e, ks, now) {
+		if e, ok := m.cache.Get(cacheKey{prov: rp.prov.id, hash: hash}); ok && tok.is(e.token) && m.entryValid(e, ks, now) {
 			m.hits.Inc()
 			return m.checkClaims(rc, rp, e.alg, e.claims)
 		}
@@ -245,12 +246,14 @@ func (m *JWTCache) verifyToken(rc *routeConf, tok *tokenText) verdict {
 }
 
 // verifyWith verifies token with one provider.
-func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, hash [32]byte, now time.Time) verdict {
+func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, hash uint64, now time.Time) verdict {
 	p := rp.prov
 	ks := p.current(now)
 	key := cacheKey{prov: p.id, hash: hash}
 	if ks != nil {
-		if e, ok := m.cache.Get(key); ok {
+		// an entry of another token under the same hash is a miss (and is
+		// replaced if this one verifies)
+		if e, ok := m.cache.Get(key); ok && found.is(e.token) {
 			if m.entryValid(e, ks, now) {
 				m.hits.Inc()
 				return m.checkClaims(rc, rp, e.alg, e.claims)
@@ -290,7 +293,7 @@ func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, ha
 	alg := tok.Method.Alg()
 	vc := newVerifiedClaims(claims)
 	if vc.expErr == nil && vc.exp != nil && vc.exp.After(now) {
-		m.cache.Add(key, &cacheEntry{provID: p.id, kid: used.kid, keyFP: used.fp, alg: alg, exp: vc.exp.Time, claims: vc})
+		m.cache.Add(key, &cacheEntry{token: strings.Clone(token), provID: p.id, kid: used.kid, keyFP: used.fp, alg: alg, exp: vc.exp.Time, claims: vc})
 	}
 	return m.checkClaims(rc, rp, alg, vc)
 }
@@ -549,20 +552,4 @@ func claimHeaderValue(v any) (string, bool) {
 		}
 	}
 	return s, true
-}
-
-// tokenBufs recycles the buffers tokenHash copies tokens into: hashing a
-// string needs its bytes, and a conversion would allocate on every hit.
-var tokenBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
-
-// tokenHash is the SHA-256 of token, the key of the verified-token cache.
-func tokenHash(token string) [32]byte {
-	bp := tokenBufs.Get().(*[]byte)
-	b := append((*bp)[:0], token...)
-	h := sha256.Sum256(b)
-	if cap(b) <= 64<<10 {
-		*bp = b[:0]
-		tokenBufs.Put(bp)
-	}
-	return h
 }

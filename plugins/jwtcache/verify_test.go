@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"net/http"
@@ -388,5 +389,36 @@ func BenchmarkRSAVerifyPKCS1v15(b *testing.B) {
 		if err := rsa.VerifyPKCS1v15(&rsaA.PublicKey, crypto.SHA256, digest[:], sig); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestCacheHitNeedsTheSameToken: the cache's key is a 64-bit hash, so two
+// tokens may share it; an entry found under a forged token's key but made
+// for another token is a miss, and the forged token is verified (and
+// fails) as if nothing were cached.
+func TestCacheHitNeedsTheSameToken(t *testing.T) {
+	clk := newClock()
+	m := matrixModule(t, clk)
+	rc := bind(t, m, `{"provider":"kc","issuer":"https://idp","audience":"api"}`)
+	good := sign(t, rsKey(t, "rs"), clk.Now(), nil)
+	if v := m.verify(rc, good); v.reason != reasonOK {
+		t.Fatalf("good token: %s", v.reason)
+	}
+	p := rc.provs[0].prov
+	goodTok := tokenString(good)
+	e, ok := m.cache.Peek(cacheKey{prov: p.id, hash: goodTok.hash()})
+	if !ok || e.token != good {
+		t.Fatal("good token not cached")
+	}
+	// the forged token: the good one's signature on another payload
+	parts := strings.Split(good, ".")
+	forged := parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"admin","iss":"https://idp","aud":"api","exp":9999999999}`)) + "." + parts[2]
+	forgedTok := tokenString(forged)
+	m.cache.Add(cacheKey{prov: p.id, hash: forgedTok.hash()}, e) // as a hash collision would
+	if v := m.verify(rc, forged); v.reason != reasonBadSignature {
+		t.Fatalf("forged token under the good one's entry: got %q, want %q", v.reason, reasonBadSignature)
+	}
+	if v := m.verify(rc, good); v.reason != reasonOK {
+		t.Fatalf("good token after: %s", v.reason)
 	}
 }
