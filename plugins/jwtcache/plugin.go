@@ -46,6 +46,7 @@ type JWTCache struct {
 
 	verifications *prometheus.CounterVec
 	byReason      map[reason]prometheus.Counter
+	okCount       prometheus.Counter // byReason[reasonOK], without the map lookup on every hit
 	fetches       *prometheus.CounterVec
 	hits, misses  prometheus.Counter
 	accepted      atomic.Int64
@@ -96,6 +97,7 @@ func newModule(cfg Config, deps core.Deps, now func() time.Time) (*JWTCache, err
 		}
 		m.byReason[r] = m.verifications.WithLabelValues(outcome, string(r))
 	}
+	m.okCount = m.byReason[reasonOK]
 	m.hits, m.misses = lookups.WithLabelValues("hit"), lookups.WithLabelValues("miss")
 	for _, pc := range cfg.Providers {
 		m.nextID++
@@ -278,7 +280,7 @@ func (m *JWTCache) RequestFilter(conf any, w http.ResponseWriter, r pkgHTTP.Requ
 			core.SetVerifiedConsumer(r, id)
 		}
 	}
-	m.byReason[reasonOK].Inc()
+	m.okCount.Inc()
 	m.accepted.Add(1)
 }
 
