@@ -65,10 +65,17 @@ type header struct {
 // headerChange is a header a plugin set or deleted: its canonical name, in
 // the order of the first change, each name once. While the map is not
 // built, value and del hold the header's state; after, the map does.
+//
+// A deletion is unsure until the frame was read for the name: deleting a
+// header the request never had is no change (APISIX must not be sent it),
+// but the frame is read only when that matters (settle), so that a Del
+// followed by a Set of the same name, as jwtcache's hygiene does, reads
+// nothing.
 type headerChange struct {
-	name  string
-	value string
-	del   bool
+	name   string
+	value  string
+	del    bool
+	unsure bool
 }
 
 func (h *header) change(name string) *headerChange {
@@ -99,7 +106,7 @@ func (h *header) Set(key, value string) {
 		return
 	}
 	c := h.mark(k)
-	c.value, c.del = value, false
+	c.value, c.del, c.unsure = value, false, false
 }
 
 func (h *header) Del(key string) {
@@ -116,12 +123,29 @@ func (h *header) Del(key string) {
 		return
 	}
 	if c := h.change(k); c != nil {
-		c.value, c.del = "", true
+		if !c.del {
+			c.value, c.del = "", true
+		}
 		return
 	}
-	if _, ok := h.raw(k); ok {
-		h.changed = append(h.changed, headerChange{name: k, del: true})
+	h.changed = append(h.changed, headerChange{name: k, del: true, unsure: true})
+}
+
+// settle drops the unsure deletions of headers the frame does not hold:
+// afterwards the changes are the ones an answer carries.
+func (h *header) settle() {
+	kept := h.changed[:0]
+	for _, c := range h.changed {
+		if c.unsure {
+			if _, ok := h.raw(c.name); !ok {
+				continue
+			}
+			c.unsure = false
+		}
+		kept = append(kept, c)
 	}
+	clear(h.changed[len(kept):])
+	h.changed = kept
 }
 
 func (h *header) Get(key string) string {
@@ -188,13 +212,21 @@ func (h *header) View() http.Header {
 		if n > 0 {
 			parseEntries(entryVector{n, h.src.at}, h.h, true)
 		}
+		kept := h.changed[:0]
 		for _, c := range h.changed {
 			if c.del {
+				if _, ok := h.h[c.name]; !ok && c.unsure {
+					continue // never there: no change
+				}
 				delete(h.h, c.name)
 			} else {
 				h.h[c.name] = []string{c.value}
 			}
+			c.unsure = false
+			kept = append(kept, c)
 		}
+		clear(h.changed[len(kept):])
+		h.changed = kept
 	}
 	return h.h
 }

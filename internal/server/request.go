@@ -227,6 +227,7 @@ func (x *extraInfo) body(info ei.Info, build func(*flatbuffers.Builder) flatbuff
 
 // changed reports whether the request must be answered with a Rewrite.
 func (r *request) changed() bool {
+	r.hdr.settle()
 	return r.pathSet || len(r.hdr.changed) > 0 || len(r.respHdr) > 0 || r.argsChanged()
 }
 
@@ -253,6 +254,7 @@ func (r *request) rewrite(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 	if r.pathSet {
 		path = b.CreateByteString(r.path)
 	}
+	r.hdr.settle()
 	if len(r.hdr.changed) > 0 {
 		l := &r.ans
 		for i := range r.hdr.changed {
