@@ -344,9 +344,10 @@ func readBody(r io.Reader, length, limit int64, buf []byte) ([]byte, error) {
 // batch buffers are allocated at their full size at once.
 const bulkPush = 512
 
-// pushMany appends copies of rows under one lock, as push does for one.
-// It returns how many were queued, refused because max_pending rows are
-// in memory, and refused because the queue is closed.
+// pushMany appends copies of rows under one lock, as push does for one,
+// copying them by runs that fill a batch. It returns how many were queued,
+// refused because max_pending rows are in memory, and refused because the
+// queue is closed.
 func (q *queue) pushMany(rows []row) (pushed, full, closed int) {
 	signal := false
 	q.mu.Lock()
@@ -354,18 +355,18 @@ func (q *queue) pushMany(rows []row) (pushed, full, closed int) {
 		q.mu.Unlock()
 		return 0, 0, len(rows)
 	}
-	for i := range rows {
-		if q.inMem.Load() >= int64(q.max) {
-			full = len(rows) - i
-			break
-		}
-		q.inMem.Add(1)
-		n := len(q.batches)
-		if n == 0 || len(q.batches[n-1]) >= q.batchSize {
+	// The room is read once: inMem grows only under q.mu (release lowers
+	// it without the lock, which only makes more room).
+	n := min(len(rows), max(0, q.max-int(q.inMem.Load())))
+	full = len(rows) - n
+	q.inMem.Add(int64(n))
+	for rest := rows[:n]; len(rest) > 0; {
+		k := len(q.batches)
+		if k == 0 || len(q.batches[k-1]) >= q.batchSize {
 			q.batches = append(q.batches, q.newBuf())
-			n++
+			k++
 		}
-		b := q.batches[n-1]
+		b := q.batches[k-1]
 		if len(rows) >= bulkPush && cap(b) < q.batchSize {
 			// A bulk push will fill the batch: one allocation of its full
 			// size instead of append doubling it from 1024 rows, each time
@@ -373,10 +374,12 @@ func (q *queue) pushMany(rows []row) (pushed, full, closed int) {
 			// profiled).
 			b = slices.Grow(b, q.batchSize-len(b))
 		}
-		b = append(b, rows[i])
-		q.batches[n-1] = b
+		m := min(len(rest), q.batchSize-len(b))
+		b = append(b, rest[:m]...)
+		rest = rest[m:]
+		q.batches[k-1] = b
 		signal = signal || len(b) >= q.batchSize
-		pushed++
+		pushed += m
 	}
 	q.mu.Unlock()
 	if signal {

@@ -1,6 +1,7 @@
 package clickhouselogger
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -123,4 +124,72 @@ func TestQueueConcurrent(t *testing.T) {
 	if popped != total {
 		t.Errorf("got %d rows popped, want %d accepted", popped, total)
 	}
+}
+
+// TestQueuePushMany: a bulk push fills batches of batch_size in order,
+// stops at max_pending (the rest counted full) and refuses everything
+// once the queue is closed.
+func TestQueuePushMany(t *testing.T) {
+	q := newQueue(25, 10)
+	rows := make([]row, 12)
+	for i := range rows {
+		rows[i].tsMilli = int64(i)
+	}
+	if p, f, c := q.pushMany(rows[:3]); p != 3 || f != 0 || c != 0 {
+		t.Fatalf("first push: got %d %d %d, want 3 queued", p, f, c)
+	}
+	if p, f, c := q.pushMany(rows); p != 12 || f != 0 || c != 0 {
+		t.Fatalf("second push: got %d %d %d, want 12 queued", p, f, c)
+	}
+	if p, f, c := q.pushMany(rows); p != 10 || f != 2 || c != 0 {
+		t.Fatalf("third push: got %d %d %d, want 10 queued, 2 full", p, f, c)
+	}
+	var got []int64
+	for b := q.pop(true); b != nil; b = q.pop(true) {
+		if len(b) > 10 {
+			t.Errorf("a batch of %d rows, want at most 10", len(b))
+		}
+		for _, r := range b {
+			got = append(got, r.tsMilli)
+		}
+		q.release(b)
+	}
+	want := []int64{0, 1, 2}
+	for range 2 {
+		for i := range rows {
+			want = append(want, int64(i))
+		}
+	}
+	want = want[:25]
+	if !slices.Equal(got, want) {
+		t.Errorf("got rows %v, want %v", got, want)
+	}
+	if q.rows() != 0 {
+		t.Errorf("%d rows in memory after release, want 0", q.rows())
+	}
+	q.close()
+	if p, f, c := q.pushMany(rows); p != 0 || f != 0 || c != 12 {
+		t.Errorf("after close: got %d %d %d, want 12 closed", p, f, c)
+	}
+}
+
+// BenchmarkPushMany is the ingest's hand-off of a decoded batch of 1000
+// rows to the queue (the flusher's part amortized: a batch of 10000 taken
+// and released every ten pushes).
+func BenchmarkPushMany(b *testing.B) {
+	q := newQueue(1<<20, 10000)
+	rows := make([]row, 1000)
+	for i := range rows {
+		rows[i] = row{tsMilli: 1, status: 200, routeID: "r", method: "GET", host: "h", path: "/p", clientIP: "ip", userAgent: "ua", requestID: "id", source: sourceLog}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		q.pushMany(rows)
+		if i++; i == 10 {
+			q.release(q.pop(true))
+			i = 0
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(rows)), "ns/row")
 }
