@@ -678,7 +678,18 @@ func TestInsertReusesBatch(t *testing.T) {
 			if _, dup := got[id]; dup {
 				t.Errorf("%s: request_id %s twice", when, id)
 			}
+			if strings.HasPrefix(id, "frozen-") {
+				// the batch of the insert cut by read_timeout: the server
+				// had it and may store it when it resumes (at least once)
+				got[id] = ""
+				continue
+			}
 			got[id] = fmt.Sprint(path, a, b, c)
+		}
+		for id, v := range got {
+			if v == "" {
+				delete(got, id)
+			}
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%s: table holds\n%v\nwant\n%v", when, got, want)
@@ -712,23 +723,10 @@ func TestInsertReusesBatch(t *testing.T) {
 	if err == nil {
 		t.Fatal("an insert into a frozen server succeeded")
 	}
+	t.Logf("the insert into the frozen server: %v", err)
 	if s.batches[cfg.Table] != nil {
 		t.Error("the batch of the failed insert was kept")
 	}
-	// The frozen insert may have landed once the server resumed (it had
-	// the block): it is not counted either way here.
 	waitFor(t, "an insert after the thaw", func() bool { return insert(testRows(4, 5, "d")) == nil })
-	conn, err := ch.Conn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if err := conn.Exec(ctx, "ALTER TABLE edge_access_log DELETE WHERE request_id LIKE 'frozen-%'"); err != nil {
-		t.Logf("delete the frozen batch's rows: %v", err)
-	}
-	waitFor(t, "the frozen batch's rows gone", func() bool {
-		n, err := ch.Count(ctx, "edge_access_log")
-		return err == nil && int(n) == len(want)
-	})
 	check("after the thaw")
 }
