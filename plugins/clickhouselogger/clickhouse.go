@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -87,7 +86,7 @@ func newClient(cfg Config) (*chClient, error) {
 			return nil, fmt.Errorf("open clickhouse %s: %w", addr, err)
 		}
 		c.servers = append(c.servers, &server{
-			addr: addr, index: len(c.servers), conn: conn, created: map[string]bool{}, batches: map[string]*reusable{}, wait: cfg.Retries.Backoff.D(),
+			addr: addr, index: len(c.servers), conn: conn, created: map[string]bool{}, wait: cfg.Retries.Backoff.D(),
 			ok: c.inserts.WithLabelValues(addr, "ok"), failed: c.inserts.WithLabelValues(addr, "error"),
 		})
 	}
@@ -102,9 +101,6 @@ func (c *chClient) close() {
 	c.end()
 	c.probes.Wait()
 	for _, s := range c.servers {
-		for t := range s.batches {
-			s.dropBatch(t)
-		}
 		_ = s.conn.Close()
 	}
 }
@@ -216,109 +212,34 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err e
 	if err := c.ensureTable(ctx, s, table); err != nil {
 		return err
 	}
-	rb := s.batches[table]
-	fresh := rb == nil
-	if fresh {
-		rb = &reusable{}
-		rb.ctx, rb.cancel = context.WithCancel(c.life)
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
+	if err != nil {
+		var ex *clickhouse.Exception
+		if errors.As(err, &ex) && ex.Code == 60 { // UNKNOWN_TABLE: dropped by hand?
+			delete(s.created, table) // create it again before the next batch
+		}
+		return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
 	}
-	// The batch outlives this insert: this insert's end (read_timeout, the
-	// shutdown) cancels it, which closes its connection, and a batch that
-	// failed in any way is not used again.
-	stop := context.AfterFunc(ctx, rb.cancel)
 	defer func() {
-		if !stop() || err != nil {
-			s.dropBatch(table)
-			rb.close()
+		if cerr := b.Close(); cerr != nil && err == nil && !b.IsSent() {
+			err = fmt.Errorf("insert into %s on %s: close: %w", table, s.addr, cerr)
 		}
 	}()
-	if fresh {
-		b, err := s.conn.PrepareBatch(rb.ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
-		if err != nil {
-			s.unknownTable(err, table)
-			return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
-		}
-		rb.b = b
-		s.keepBatch(table, rb)
-	}
-	cols := rb.b.Columns()
-	if rb.sent {
-		for _, col := range cols {
-			col.Reset() // empty, the buffers kept
-		}
-	}
 	for i, v := range c.cols.values() {
 		var err error
 		if lists, ok := v.([][]string); ok {
-			err = appendLists(cols[i], lists)
+			err = appendLists(b.Column(i), lists)
 		} else {
-			_, err = cols[i].Append(v)
+			err = b.Column(i).Append(v)
 		}
 		if err != nil {
 			return fmt.Errorf("insert into %s: column %d: %w: %w", table, i, errEncode, err)
 		}
 	}
-	if err := rb.b.Send(); err != nil {
-		s.unknownTable(err, table)
+	if err := b.Send(); err != nil {
 		return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
 	}
-	rb.sent = true
 	return nil
-}
-
-// reusable is an INSERT kept from batch to batch on one server, for one
-// table, so that the driver's column buffers are allocated once instead of
-// grown from empty at every batch (18 MB allocated and 1.5 µs of CPU per
-// row of a 10000-row batch, BenchmarkInsertIngest). After its first Send,
-// the driver sends the same statement again on a connection from the pool
-// at each Send (it reads the server's table header again, and sends the
-// block); the columns are emptied in between. Any failure ends it: the
-// next batch prepares a new one.
-type reusable struct {
-	b      driver.Batch
-	ctx    context.Context // the batch's, canceled when an insert ends badly
-	cancel context.CancelFunc
-	sent   bool // sent at least once: its columns hold the last batch
-}
-
-// close ends the batch; closing it again does nothing.
-func (rb *reusable) close() {
-	if rb.b != nil {
-		_ = rb.b.Close() // ends a statement never sent; nothing after a Send
-		rb.b = nil
-	}
-	rb.cancel()
-}
-
-// maxReusable bounds the batches kept per server (one per table; a
-// route-level table beyond them prepares its INSERT each time, as before).
-const maxReusable = 4
-
-func (s *server) keepBatch(table string, rb *reusable) {
-	if len(s.batches) >= maxReusable {
-		for t := range s.batches {
-			s.dropBatch(t)
-			break
-		}
-	}
-	s.batches[table] = rb
-}
-
-// dropBatch forgets and closes the batch kept for table, if any.
-func (s *server) dropBatch(table string) {
-	if rb := s.batches[table]; rb != nil {
-		delete(s.batches, table)
-		rb.close()
-	}
-}
-
-// unknownTable notes a table dropped by hand (UNKNOWN_TABLE), to create it
-// again before the next batch.
-func (s *server) unknownTable(err error, table string) {
-	var ex *clickhouse.Exception
-	if errors.As(err, &ex) && ex.Code == 60 {
-		delete(s.created, table)
-	}
 }
 
 // emptyListValue is an empty header list, boxed once for every row that
@@ -328,7 +249,7 @@ var emptyListValue any = emptyList
 // appendLists appends the rows of an Array(String) column one by one: the
 // driver appends a [][]string through reflection, row after row (a tenth
 // of an insert's CPU, profiled), but takes a []string without it.
-func appendLists(c column.Interface, lists [][]string) error {
+func appendLists(c driver.BatchColumn, lists [][]string) error {
 	for _, l := range lists {
 		v := emptyListValue
 		if len(l) > 0 {

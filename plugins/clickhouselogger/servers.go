@@ -33,9 +33,6 @@ type server struct {
 	index   int // in chClient.servers
 	conn    driver.Conn
 	created map[string]bool // tables create_table made here (flusher only)
-	// batches are the INSERTs kept from batch to batch, by table (flusher
-	// only; see reusable).
-	batches map[string]*reusable
 
 	ok, failed prometheus.Counter // apisix_edge_log_inserts_total{addr,result}
 
