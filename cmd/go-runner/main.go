@@ -81,6 +81,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		printProblems(stderr, "go-runner: config", err)
 		return 1
 	}
+	cfg.Runtime.Apply(os.Getenv)
 	err = server.Run(serverOptions(cfg))
 	if err != nil {
 		fmt.Fprintln(stderr, "go-runner:", err)

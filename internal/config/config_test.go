@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"math"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +39,21 @@ func TestParse(t *testing.T) {
 			return ""
 		}},
 		{name: "bad level", doc: "log:\n  level: loud\n", wantErr: "log.level: must be one of"},
+		{name: "runtime defaults", doc: "", check: func(c *Config) string {
+			if c.Runtime.GCPercent != 400 || c.Runtime.MemoryLimit != 1<<30 {
+				return fmt.Sprintf("runtime: got gc_percent %d memory_limit %d, want 400 1073741824", c.Runtime.GCPercent, c.Runtime.MemoryLimit)
+			}
+			return ""
+		}},
+		{name: "gc_percent below -1", doc: "runtime:\n  gc_percent: -5\n", wantErr: "runtime.gc_percent: must be -1 (off) or between 1 and 10000, got -5"},
+		{name: "memory_limit too small", doc: "runtime:\n  memory_limit: 1000\n", wantErr: "runtime.memory_limit: must be -1 (none) or at least 67108864 (64 MiB), got 1000"},
+		{name: "collector off without a limit", doc: "runtime:\n  gc_percent: -1\n  memory_limit: -1\n", wantErr: "runtime.gc_percent: -1 (off) needs a runtime.memory_limit"},
+		{name: "collector off under a limit", doc: "runtime:\n  gc_percent: -1\n  memory_limit: 536870912\n", check: func(c *Config) string {
+			if c.Runtime.GCPercent != -1 || c.Runtime.MemoryLimit != 512<<20 {
+				return fmt.Sprintf("runtime: got %+v", c.Runtime)
+			}
+			return ""
+		}},
 		{name: "bad admin", doc: "admin:\n  listen: nope\n", wantErr: "admin.listen: must be host:port"},
 		{name: "ingest on the admin port", doc: "admin:\n  listen: 127.0.0.1:9543\n", wantErr: `clickhouse.ingest.listen: must differ from admin.listen, got "127.0.0.1:9543" for both`},
 		{name: "env expansion", doc: "admin:\n  listen: ${ADDR}\n", env: map[string]string{"ADDR": "127.0.0.1:1"}, check: func(c *Config) string {
@@ -70,6 +87,38 @@ func TestParse(t *testing.T) {
 				if msg := tt.check(c); msg != "" {
 					t.Fatal(msg)
 				}
+			}
+		})
+	}
+}
+
+// TestRuntimeApply: the fields set the collector, unless GOGC or
+// GOMEMLIMIT is in the environment.
+func TestRuntimeApply(t *testing.T) {
+	prevGC := debug.SetGCPercent(100)
+	prevLimit := debug.SetMemoryLimit(math.MaxInt64)
+	defer func() { debug.SetGCPercent(prevGC); debug.SetMemoryLimit(prevLimit) }()
+	tests := []struct {
+		name      string
+		rt        Runtime
+		env       map[string]string
+		wantGC    int
+		wantLimit int64
+	}{
+		{"fields", Runtime{GCPercent: 400, MemoryLimit: 1 << 30}, nil, 400, 1 << 30},
+		{"no limit", Runtime{GCPercent: 250, MemoryLimit: -1}, nil, 250, math.MaxInt64},
+		{"environment wins", Runtime{GCPercent: 400, MemoryLimit: 1 << 30}, map[string]string{"GOGC": "100", "GOMEMLIMIT": "2GiB"}, 100, math.MaxInt64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			debug.SetGCPercent(100)
+			debug.SetMemoryLimit(math.MaxInt64)
+			tt.rt.Apply(func(k string) string { return tt.env[k] })
+			if got := debug.SetGCPercent(100); got != tt.wantGC {
+				t.Errorf("got gc percent %d, want %d", got, tt.wantGC)
+			}
+			if got := debug.SetMemoryLimit(-1); got != tt.wantLimit {
+				t.Errorf("got memory limit %d, want %d", got, tt.wantLimit)
 			}
 		})
 	}
