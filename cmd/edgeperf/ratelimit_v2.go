@@ -42,10 +42,10 @@ func (e *env) rlV2Scenarios() []*scenario {
 	)
 	return []*scenario{
 		{key: "rl-sw", title: "ratelimit v2, sliding_window, every request a Redis decision", phases: "pre-req",
-			route: route("rl-sw", sw), base: preNoop("noop-rl-sw"), newReq: distinct, header: "X-RateLimit-Status", metrics: metrics,
+			route: route("rl-sw", sw), base: preNoop("noop-rl-sw"), newReq: distinct, header: "X-RateLimit-Status", metrics: metrics, bare: "sliding_window",
 			note: "`" + sw + "`, a distinct source address per request"},
 		{key: "rl-fw", title: "ratelimit v2, fixed_window, every request a Redis decision", phases: "pre-req",
-			route: route("rl-fw", fw), base: preNoop("noop-rl-fw"), newReq: distinct, header: "X-RateLimit-Status", metrics: metrics,
+			route: route("rl-fw", fw), base: preNoop("noop-rl-fw"), newReq: distinct, header: "X-RateLimit-Status", metrics: metrics, bare: "fixed_window",
 			note: "`" + fw + "`, a distinct source address per request"},
 		{key: "rl-3rules", title: "ratelimit v2, three rules (one per algorithm) in one round trip", phases: "pre-req",
 			route: route("rl-3rules", three), base: preNoop("noop-rl-3rules"), newReq: distinct, header: "X-RateLimit-Status", metrics: metrics,

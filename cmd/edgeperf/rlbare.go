@@ -254,3 +254,23 @@ func (l *limits) bareOf(alg string) *bareResult {
 	}
 	return nil
 }
+
+// bareSlice runs alg's commands bare on one connection for d and returns
+// the p50 of its round trips.
+func bareSlice(ctx context.Context, e *env, alg string, d time.Duration) (time.Duration, error) {
+	for _, a := range bareAlgs {
+		if a.name != alg {
+			continue
+		}
+		_, lat, err := bareDecisions(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, 1, d)
+		if err != nil {
+			return 0, err
+		}
+		if len(lat) == 0 {
+			return 0, errors.New("no decision")
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		return lat[len(lat)/2], nil
+	}
+	return 0, fmt.Errorf("unknown algorithm %q", alg)
+}

@@ -38,6 +38,11 @@ type scenario struct {
 	// before runs once before the scenario (a fault); its result is noted.
 	before func(ctx context.Context) (string, error)
 	note   string
+	// bare names the algorithm whose commands, bare (rlbare.go), are
+	// measured in slices of their own between the c=1 slices, so that the
+	// scenario's added latency is read against a round trip measured in
+	// the same conditions (an idle machine wakes slower than a busy one).
+	bare string
 }
 
 // cell is one scenario at one concurrency level.
@@ -46,6 +51,17 @@ type cell struct {
 	scen, base []*testbed.LoadReport
 	warmReqs   int64 // scenario requests in the unmeasured warm-up
 	rss        int64
+	bareP50s   []time.Duration // c=1 p50 of the bare commands, one per round (scenario.bare)
+}
+
+// bareP50 is the median of the interleaved bare slices' p50s.
+func (c *cell) bareP50() time.Duration {
+	v := slices.Clone(c.bareP50s)
+	slices.Sort(v)
+	if len(v) == 0 {
+		return 0
+	}
+	return v[len(v)/2]
 }
 
 type scenarioResult struct {
@@ -257,7 +273,7 @@ func (e *env) scenarios() []*scenario {
 	logMetrics := []string{"apisix_edge_log_rows_"}
 	return []*scenario{
 		{key: "rl", title: "ratelimit, every request a Redis decision under its limit", phases: "pre-req",
-			route: rlHealthy, base: preNoop("noop-rl"), newReq: distinct, header: "X-RateLimit-Status", metrics: rlMetrics,
+			route: rlHealthy, base: preNoop("noop-rl"), newReq: distinct, header: "X-RateLimit-Status", metrics: rlMetrics, bare: "sliding_log",
 			note: `{"limit":1000,"window":"1s"}` + ", key remote_addr, a distinct source address per request (65536 in turn)"},
 		{key: "rl-over", title: "ratelimit, key over its limit (over-limit cache)", phases: "pre-req",
 			route: &testbed.Route{ID: "rl-over", PreReq: []testbed.PluginConf{{Name: "ratelimit", Value: `{"limit":10,"window":"1h"}`}}},
@@ -455,6 +471,11 @@ func measureCell(ctx context.Context, o *options, e *env, sc *scenario, lvl int)
 				c.scen = append(c.scen, rep)
 			} else {
 				c.base = append(c.base, rep)
+			}
+		}
+		if sc.bare != "" && lvl == 1 {
+			if p50, err := bareSlice(ctx, e, sc.bare, o.slice); err == nil {
+				c.bareP50s = append(c.bareP50s, p50)
 			}
 		}
 	}
