@@ -2,17 +2,13 @@ package clickhouselogger
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -76,23 +72,21 @@ func newClient(cfg Config) (*chClient, error) {
 		case "zstd":
 			opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionZSTD}
 		}
-		var tc *tls.Config
 		if cfg.TLS.Enabled {
-			var err error
-			if tc, err = cfg.TLS.Config(); err != nil {
+			tc, err := cfg.TLS.Config()
+			if err != nil {
 				c.close()
 				return nil, fmt.Errorf("clickhouse %w", err)
 			}
+			opts.TLS = tc
 		}
-		conns := &connSet{}
-		opts.DialContext = conns.dialer(cfg.DialTimeout.D(), tc)
 		conn, err := clickhouse.Open(opts)
 		if err != nil {
 			c.close()
 			return nil, fmt.Errorf("open clickhouse %s: %w", addr, err)
 		}
 		c.servers = append(c.servers, &server{
-			addr: addr, index: len(c.servers), conn: conn, conns: conns, created: map[string]bool{}, batches: map[string]*reusable{}, wait: cfg.Retries.Backoff.D(),
+			addr: addr, index: len(c.servers), conn: conn, created: map[string]bool{}, wait: cfg.Retries.Backoff.D(),
 			ok: c.inserts.WithLabelValues(addr, "ok"), failed: c.inserts.WithLabelValues(addr, "error"),
 		})
 	}
@@ -107,9 +101,6 @@ func (c *chClient) close() {
 	c.end()
 	c.probes.Wait()
 	for _, s := range c.servers {
-		for t := range s.batches {
-			s.dropBatch(t)
-		}
 		_ = s.conn.Close()
 	}
 }
@@ -221,112 +212,34 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err e
 	if err := c.ensureTable(ctx, s, table); err != nil {
 		return err
 	}
-	rb := s.batches[table]
-	fresh := rb == nil
-	if fresh {
-		rb = &reusable{}
-		rb.ctx, rb.cancel = context.WithCancel(c.life)
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
+	if err != nil {
+		var ex *clickhouse.Exception
+		if errors.As(err, &ex) && ex.Code == 60 { // UNKNOWN_TABLE: dropped by hand?
+			delete(s.created, table) // create it again before the next batch
+		}
+		return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
 	}
-	// The batch outlives this insert, and its context is never canceled
-	// while it sends: clickhouse-go's Send of a sent batch writes the
-	// batch's connection while its context watchdog may read it. This
-	// insert's end (read_timeout, the shutdown) closes the server's
-	// connections instead, which ends whatever read or write waits on them;
-	// a batch that failed in any way is not used again.
-	stop := context.AfterFunc(ctx, s.conns.closeAll)
 	defer func() {
-		if !stop() || err != nil {
-			s.dropBatch(table)
-			rb.close()
+		if cerr := b.Close(); cerr != nil && err == nil && !b.IsSent() {
+			err = fmt.Errorf("insert into %s on %s: close: %w", table, s.addr, cerr)
 		}
 	}()
-	if fresh {
-		b, err := s.conn.PrepareBatch(rb.ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
-		if err != nil {
-			s.unknownTable(err, table)
-			return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
-		}
-		rb.b = b
-		s.keepBatch(table, rb)
-	}
-	cols := rb.b.Columns()
-	if rb.sent {
-		for _, col := range cols {
-			col.Reset() // empty, the buffers kept
-		}
-	}
 	for i, v := range c.cols.values() {
 		var err error
 		if lists, ok := v.([][]string); ok {
-			err = appendLists(cols[i], lists)
+			err = appendLists(b.Column(i), lists)
 		} else {
-			_, err = cols[i].Append(v)
+			err = b.Column(i).Append(v)
 		}
 		if err != nil {
 			return fmt.Errorf("insert into %s: column %d: %w: %w", table, i, errEncode, err)
 		}
 	}
-	if err := rb.b.Send(); err != nil {
-		s.unknownTable(err, table)
+	if err := b.Send(); err != nil {
 		return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
 	}
-	rb.sent = true
 	return nil
-}
-
-// reusable is an INSERT kept from batch to batch on one server, for one
-// table, so that the driver's column buffers are allocated once instead of
-// grown from empty at every batch (18 MB allocated and 1.5 µs of CPU per
-// row of a 10000-row batch, BenchmarkInsertIngest). After its first Send,
-// the driver sends the same statement again on a connection from the pool
-// at each Send (it reads the server's table header again, and sends the
-// block); the columns are emptied in between. Any failure ends it: the
-// next batch prepares a new one.
-type reusable struct {
-	b      driver.Batch
-	ctx    context.Context // the batch's: canceled only when it is dropped, never while it sends
-	cancel context.CancelFunc
-	sent   bool // sent at least once: its columns hold the last batch
-}
-
-// close ends the batch; closing it again does nothing.
-func (rb *reusable) close() {
-	if rb.b != nil {
-		_ = rb.b.Close() // ends a statement never sent; nothing after a Send
-		rb.b = nil
-	}
-	rb.cancel()
-}
-
-// maxReusable bounds the batches kept per server (one per table; a
-// route-level table beyond them prepares its INSERT each time, as before).
-const maxReusable = 4
-
-func (s *server) keepBatch(table string, rb *reusable) {
-	if len(s.batches) >= maxReusable {
-		for t := range s.batches {
-			s.dropBatch(t)
-			break
-		}
-	}
-	s.batches[table] = rb
-}
-
-// dropBatch forgets and closes the batch kept for table, if any.
-func (s *server) dropBatch(table string) {
-	if rb := s.batches[table]; rb != nil {
-		delete(s.batches, table)
-		rb.close()
-	}
-}
-
-// unknownTable notes a table dropped by hand (UNKNOWN_TABLE), to create it
-// again before the next batch.
-func (s *server) unknownTable(err error, table string) {
-	var ex *clickhouse.Exception
-	if errors.As(err, &ex) && ex.Code == 60 {
-		delete(s.created, table)
-	}
 }
 
 // emptyListValue is an empty header list, boxed once for every row that
@@ -336,7 +249,7 @@ var emptyListValue any = emptyList
 // appendLists appends the rows of an Array(String) column one by one: the
 // driver appends a [][]string through reflection, row after row (a tenth
 // of an insert's CPU, profiled), but takes a []string without it.
-func appendLists(c column.Interface, lists [][]string) error {
+func appendLists(c driver.BatchColumn, lists [][]string) error {
 	for _, l := range lists {
 		v := emptyListValue
 		if len(l) > 0 {
@@ -347,80 +260,6 @@ func appendLists(c column.Interface, lists [][]string) error {
 		}
 	}
 	return nil
-}
-
-// connSet tracks the open connections of one server's pool, so that an
-// insert past read_timeout, or cut by the shutdown, can close them (the
-// driver is then told nothing: its reads and writes fail).
-type connSet struct {
-	mu    sync.Mutex
-	conns map[*trackedConn]struct{}
-}
-
-// dialer dials as clickhouse-go does without one (TLS when tc is set),
-// tracking the connections.
-func (cs *connSet) dialer(timeout time.Duration, tc *tls.Config) func(ctx context.Context, addr string) (net.Conn, error) {
-	return func(ctx context.Context, addr string) (net.Conn, error) {
-		d := &net.Dialer{Timeout: timeout}
-		var nc net.Conn
-		var err error
-		if tc != nil {
-			nc, err = (&tls.Dialer{NetDialer: d, Config: tc}).DialContext(ctx, "tcp", addr)
-		} else {
-			nc, err = d.DialContext(ctx, "tcp", addr)
-		}
-		if err != nil {
-			return nil, err
-		}
-		t := &trackedConn{Conn: nc, set: cs}
-		cs.mu.Lock()
-		if cs.conns == nil {
-			cs.conns = map[*trackedConn]struct{}{}
-		}
-		cs.conns[t] = struct{}{}
-		cs.mu.Unlock()
-		return t, nil
-	}
-}
-
-// closeAll closes every open connection of the server.
-func (cs *connSet) closeAll() {
-	cs.mu.Lock()
-	open := make([]*trackedConn, 0, len(cs.conns))
-	for t := range cs.conns {
-		open = append(open, t)
-	}
-	cs.mu.Unlock()
-	for _, t := range open {
-		_ = t.Close()
-	}
-}
-
-// trackedConn is a connection of a connSet; it leaves the set when closed.
-type trackedConn struct {
-	net.Conn
-	set *connSet
-}
-
-func (t *trackedConn) Close() error {
-	t.set.mu.Lock()
-	delete(t.set.conns, t)
-	t.set.mu.Unlock()
-	return t.Conn.Close()
-}
-
-// SyscallConn gives the driver's idle-connection check the socket, as it
-// gets it from the connections it dials itself.
-func (t *trackedConn) SyscallConn() (syscall.RawConn, error) {
-	nc := t.Conn
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return nil, errors.New("no syscall connection")
-	}
-	return sc.SyscallConn()
 }
 
 // permanent reports whether err is the server refusing these rows for a

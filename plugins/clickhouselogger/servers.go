@@ -32,11 +32,7 @@ type server struct {
 	addr    string
 	index   int // in chClient.servers
 	conn    driver.Conn
-	conns   *connSet        // the pool's connections, closed to cut an insert
 	created map[string]bool // tables create_table made here (flusher only)
-	// batches are the INSERTs kept from batch to batch, by table (flusher
-	// only; see reusable).
-	batches map[string]*reusable
 
 	ok, failed prometheus.Counter // apisix_edge_log_inserts_total{addr,result}
 
