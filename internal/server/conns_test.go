@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,11 +149,31 @@ func waitOpen(t *testing.T, s *connServer, want int) {
 	}
 }
 
+// waitBetweenCalls waits until n connections' goroutines wait for their
+// next frame: a client has its answer before the goroutine that wrote it
+// loops back, and a connection still on its way there when the shutdown
+// begins finds itself idle and is closed at once (the rule under test).
+func waitBetweenCalls(t *testing.T, n int) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		got := strings.Count(string(buf[:runtime.Stack(buf, true)]), "server.(*conn).waitFrame")
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connections waiting for a frame: got %d, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestCloseAfterCallsClosesEachAfterItsNextAnswer(t *testing.T) {
 	s, path := startConns(t)
 	a, b := dial(t, path), dial(t, path)
 	a.call()
 	b.call()
+	waitBetweenCalls(t, 2)
 	done := s.closeAfterCalls()
 	if _, err := net.Dial("unix", path); err == nil {
 		t.Errorf("dial after closeAfterCalls: got a connection, want refused")
