@@ -262,6 +262,13 @@ func TestCHLSpoolOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "every row in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == total })
+	// ClickHouse holds the replayed rows a moment before the runner has
+	// counted them (its counters move when the insert returns), and
+	// /metrics and /status are two reads: check the identity at rest.
+	eventually(t, 10*time.Second, "the replay counted", func() bool {
+		a := chlAccounting(t, e.admin)
+		return a.queue == 0 && chlStatus(t, e).spoolRows == 0 && a.inserted == float64(total)
+	})
 	a := chlIdentity(t, e, 0)
 	if a.dropped != 0 || a.replayed != a.spooled || a.replayed == 0 {
 		t.Errorf("got %+v, want nothing dropped and every spooled row replayed", a)
