@@ -542,8 +542,13 @@ func TestStalledHalfFramesAreReleased(t *testing.T) {
 	}
 	refused := testutil.ToFloat64(ts.m.refused.WithLabelValues("frame_memory"))
 	timedOut := testutil.ToFloat64(ts.m.frameTimeouts)
-	if refused < 1 || timedOut < 1 || refused+timedOut != n {
-		t.Errorf("refused %v + timed out %v: want each at least 1, %d in all", refused, timedOut, n)
+	// Which frames get the budget depends on how the six writes interleave:
+	// usually one grows whole and then times out, but under load every one
+	// can be refused while the others still hold chunks (seen in CI). The
+	// bound must have taken effect, and every connection must be accounted
+	// for by one of the two.
+	if refused < 1 || refused+timedOut != n {
+		t.Errorf("refused %v + timed out %v: want at least 1 refused, %d in all", refused, timedOut, n)
 	}
 }
 
