@@ -174,37 +174,8 @@ func (b *batcher) do(keys []string, args []any) (any, error) {
 	return res.reply, res.err
 }
 
-// counter queues one counter decision (kindCounter) and waits for it
-// like do: key is the window's counter, prev the previous window's ("" for
-// fixed_window), ttl the counter's expiry in ms.
-func (b *batcher) counter(keys []string, cost, ttl int64) evalResult {
-	return b.wait(&evalReq{kind: kindCounter, keys: keys, cost: cost, ttl: ttl})
-}
-
-// refund sends a DECRBY of key by cost and waits for it like do, so that
-// the caller's next decision sees it. Its error is only counted: the
-// counter then stays over by cost until its window ends, an undercount of
-// that much.
-func (b *batcher) refund(key string, cost int64) {
-	if res := b.wait(&evalReq{kind: kindRefund, keys: []string{key}, cost: cost}); res.err != nil {
-		b.stats.refundsLost.Add(1)
-	}
-}
-
-// logDecide queues one sliding_log decision (kindLog) and waits for it
-// like do.
-func (b *batcher) logDecide(key string, now, window, limit int64, members []any) evalResult {
-	return b.wait(&evalReq{kind: kindLog, keys: []string{key}, now: now, ttl: window, limit: limit, members: members})
-}
-
-// refundLog removes a rejected log decision's entries, like refund.
-func (b *batcher) refundLog(key string, members []any) {
-	if res := b.wait(&evalReq{kind: kindRefund, keys: []string{key}, members: members}); res.err != nil {
-		b.stats.refundsLost.Add(1)
-	}
-}
-
-// wait sends req (see do) and waits for its answer.
+// wait sends req (see do) and waits for its answer. The decisions by
+// plain commands and their refunds come here directly (RateLimit.sendPlain).
 func (b *batcher) wait(req *evalReq) evalResult {
 	req.deadline = time.Now().Add(b.timeout)
 	req.done = make(chan evalResult, 1)

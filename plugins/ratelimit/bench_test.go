@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/apisix-edge/edge-runner/testbed/backing"
 	"github.com/redis/go-redis/v9"
@@ -117,20 +116,6 @@ func BenchmarkRequestFilter(b *testing.B) {
 				b.Logf("%d degraded decisions", deg)
 			}
 		})
-	}
-}
-
-// startAndSync starts the plugin as the runner does and waits for its
-// first reading of Redis' clock, so that the sliding log is decided as in
-// production (by commands).
-func startAndSync(b *testing.B, e *env) {
-	e.rl.Start(context.Background())
-	deadline := time.Now().Add(5 * time.Second)
-	for !e.rl.synced.Load() {
-		if time.Now().After(deadline) {
-			b.Fatal("no reading of Redis' clock within 5s of Start")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -228,3 +228,18 @@ func doPlugin(p plugin.Plugin, conf any, r *testReq) result {
 	}
 	return result{status: w.Code, hdr: w.Header(), body: w.Body.String()}
 }
+
+// startAndSync starts the plugin as the runner does and waits for its
+// first reading of Redis' clock, so that the sliding log is decided as in
+// production (by commands).
+func startAndSync(t testing.TB, e *env) {
+	t.Helper()
+	e.rl.Start(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for !e.rl.synced.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("got no reading of Redis' clock within 5s of Start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

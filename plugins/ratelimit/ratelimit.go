@@ -697,23 +697,7 @@ func (r *RateLimit) evalCounter(sliding bool, d *decision, now time.Time) (bool,
 		keys = append(keys, windowKey(d.keys[0], idx-1))
 		ttl += window
 	}
-	var res evalResult
-	var err error
-	if r.batch != nil {
-		_, err = r.call(func() (any, error) {
-			res = r.batch.counter(keys, cost, ttl)
-			return nil, res.err
-		})
-	} else {
-		_, err = r.callCtx(func(ctx context.Context) (any, error) {
-			req := evalReq{kind: kindCounter, keys: keys, cost: cost, ttl: ttl}
-			pipe := r.client.Pipeline()
-			req.queueOn(ctx, pipe, "", false)
-			_, _ = pipe.Exec(ctx)
-			res = req.result()
-			return nil, res.err
-		})
-	}
+	res, err := r.decidePlain(&evalReq{kind: kindCounter, keys: keys, cost: cost, ttl: ttl})
 	if err != nil {
 		var re redis.Error
 		if errors.As(err, &re) && strings.Contains(err.Error(), "pexpire") {
@@ -730,13 +714,7 @@ func (r *RateLimit) evalCounter(sliding bool, d *decision, now time.Time) (bool,
 	v, fits := counterVerdict(sliding, limit, window, el, cost, res.count, res.prev)
 	d.v[0] = v
 	if !fits {
-		if r.batch != nil {
-			r.batch.refund(keys[0], cost)
-		} else {
-			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
-			r.client.DecrBy(ctx, keys[0], cost)
-			cancel()
-		}
+		r.refund(&evalReq{kind: kindRefund, keys: keys[:1], cost: cost})
 	}
 	return fits, nil
 }
@@ -774,23 +752,7 @@ func (r *RateLimit) evalLog(d *decision, now time.Time) (bool, error) {
 		}
 	}
 	key := d.keys[0]
-	var res evalResult
-	var err error
-	if r.batch != nil {
-		_, err = r.call(func() (any, error) {
-			res = r.batch.logDecide(key, ms, window, limit, members)
-			return nil, res.err
-		})
-	} else {
-		_, err = r.callCtx(func(ctx context.Context) (any, error) {
-			req := evalReq{kind: kindLog, keys: []string{key}, now: ms, ttl: window, limit: limit, members: members}
-			pipe := r.client.Pipeline()
-			req.queueOn(ctx, pipe, "", false)
-			_, _ = pipe.Exec(ctx)
-			res = req.result()
-			return nil, res.err
-		})
-	}
+	res, err := r.decidePlain(&evalReq{kind: kindLog, keys: []string{key}, now: ms, ttl: window, limit: limit, members: members})
 	if err != nil {
 		return false, err
 	}
@@ -807,14 +769,46 @@ func (r *RateLimit) evalLog(d *decision, now time.Time) (bool, error) {
 	for j := 1; j < len(members); j += 2 {
 		names = append(names, members[j])
 	}
-	if r.batch != nil {
-		r.batch.refundLog(key, names)
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
-		r.client.Do(ctx, append([]any{"zrem", key}, names...)...)
-		cancel()
-	}
+	r.refund(&evalReq{kind: kindRefund, keys: []string{key}, members: names})
 	return false, nil
+}
+
+// decidePlain makes the round trip of a decision by plain commands
+// (kindCounter, kindLog) through the breaker (see call).
+func (r *RateLimit) decidePlain(req *evalReq) (evalResult, error) {
+	var res evalResult
+	_, err := r.call(func() (any, error) {
+		res = r.sendPlain(req)
+		return nil, res.err
+	})
+	return res, err
+}
+
+// refund gives back what a rejected decision by plain commands added
+// (kindRefund: DECRBY, or ZREM of its entries), before the rejection is
+// answered, so that the client's next request sees it. It goes around the
+// breaker, like the decision's own bookkeeping; a failed refund is counted
+// (the counter stays over by the cost until its window ends, an undercount
+// of that much).
+func (r *RateLimit) refund(req *evalReq) {
+	if res := r.sendPlain(req); res.err != nil && r.batch != nil {
+		r.batch.stats.refundsLost.Add(1)
+	}
+}
+
+// sendPlain sends req through the batcher, which holds the deadline, or,
+// with the batcher off, as a pipeline on the request's goroutine within
+// redis.timeout.
+func (r *RateLimit) sendPlain(req *evalReq) evalResult {
+	if r.batch != nil {
+		return r.batch.wait(req)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout.D())
+	defer cancel()
+	pipe := r.client.Pipeline()
+	req.queueOn(ctx, pipe, "", false)
+	_, _ = pipe.Exec(ctx)
+	return req.result()
 }
 
 // counterVerdict is the verdict of one O(1) rule from its counter after

@@ -746,14 +746,7 @@ func TestCounterCommandsMatchTheScript(t *testing.T) {
 func TestSlidingLogByCommandsOnRedisClock(t *testing.T) {
 	rd := backing.MustRedis(t, backing.RedisOptions{})
 	e := newEnv(t, redisCfg(t, rd.Addr(), nil))
-	e.rl.Start(context.Background())
-	deadline := time.Now().Add(5 * time.Second)
-	for !e.rl.synced.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("got no reading of Redis' clock within 5s of Start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	startAndSync(t, e)
 	c := mustConf(t, `{"limit":3,"window":"1m"}`)
 	for i, want := range []int{0, 0, 0, 429} {
 		if res := e.do(c, newReq("192.0.2.7")); res.status != want {
