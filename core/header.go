@@ -30,3 +30,27 @@ type HeaderPeeker interface {
 	// and must not be modified.
 	PeekHeader(key string) ([]byte, bool)
 }
+
+// EqualFoldASCII reports whether a equals b but for ASCII case, without
+// allocating: header names and auth schemes as sent against the ones
+// looked for. For ASCII b it decides as strings.EqualFold does except
+// that no non-ASCII rune folds to an ASCII letter here (the Kelvin sign
+// is not a "k").
+func EqualFoldASCII[T ~string | ~[]byte](a T, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

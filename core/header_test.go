@@ -28,3 +28,25 @@ func TestValidHeaderName(t *testing.T) {
 		}
 	}
 }
+
+func TestEqualFoldASCII(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"Bearer", "bearer", true},
+		{"BEARER ", "Bearer ", true},
+		{"x-edge-consumer", "X-Edge-Consumer", true},
+		{"Bearer", "Bearers", false},
+		{"Bearer", "Beare_", false},
+		{"\u212a", "k", false}, // the Kelvin sign folds to k in strings.EqualFold, not here
+		{"", "", true},
+	} {
+		if got := EqualFoldASCII(tt.a, tt.b); got != tt.want {
+			t.Errorf("EqualFoldASCII(%q, %q): got %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+		if got := EqualFoldASCII([]byte(tt.a), tt.b); got != tt.want {
+			t.Errorf("EqualFoldASCII([]byte(%q), %q): got %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}

@@ -283,28 +283,10 @@ func (h *header) each(k string, fn func([]byte) bool) {
 // it but for ASCII case; any other k was left as it was by the
 // canonicalization, and only the same bytes match it.
 func sameHeaderKey(name []byte, k string, valid bool) bool {
-	if len(name) != len(k) {
-		return false
-	}
 	if !valid {
 		return string(name) == k
 	}
-	for i := 0; i < len(name); i++ {
-		a, b := name[i], k[i]
-		if a == b {
-			continue
-		}
-		if 'A' <= a && a <= 'Z' {
-			a += 'a' - 'A'
-		}
-		if 'A' <= b && b <= 'Z' {
-			b += 'a' - 'A'
-		}
-		if a != b {
-			return false
-		}
-	}
-	return true
+	return core.EqualFoldASCII(name, k)
 }
 
 // validHeaderKey reports whether every byte of k is an RFC 7230 token

@@ -154,11 +154,11 @@ func headerToken[T ~string | ~[]byte](v T, bearer bool, maxSize int) (T, reason)
 		for i < len(v) && v[i] != ' ' {
 			i++
 		}
-		if i == len(v) || !equalFoldASCII(v[:i], "Bearer") {
+		if i == len(v) || !core.EqualFoldASCII(v[:i], "Bearer") {
 			return v[:0], reasonMissingToken
 		}
 		v = v[i+1:]
-	} else if len(v) > 7 && equalFoldASCII(v[:7], "Bearer ") {
+	} else if len(v) > 7 && core.EqualFoldASCII(v[:7], "Bearer ") {
 		v = v[7:]
 	}
 	return checkToken(v, maxSize)
@@ -186,28 +186,6 @@ func checkToken[T ~string | ~[]byte](raw T, maxSize int) (T, reason) {
 	// The shape (jwsShape) is checked by verify on a cache miss only: a
 	// hit is a token that verified before, byte for byte.
 	return tok, ""
-}
-
-// equalFoldASCII reports whether a equals b but for ASCII case. For the
-// scheme names compared here it decides as strings.EqualFold does: no
-// other rune folds to their letters.
-func equalFoldASCII[T ~string | ~[]byte](a T, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // jwsShape reports whether s is header.payload.signature in base64url
