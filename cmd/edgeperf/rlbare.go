@@ -192,13 +192,9 @@ func (l *limits) measureBare(ctx context.Context, e *env, d time.Duration) {
 	addr := "127.0.0.1:" + strconv.Itoa(e.rd.Port())
 	for _, alg := range bareAlgs {
 		res := bareResult{alg: alg.name}
-		_, lat, err := bareDecisions(ctx, addr, alg, 1, d)
-		if err == nil && len(lat) == 0 {
-			err = errors.New("no decision at c=1")
-		}
+		var err error
+		res.p50, res.p99, err = bareOne(ctx, addr, alg, d)
 		if err == nil {
-			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-			res.p50, res.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 			err = c.ConfigResetStat(ctx).Err()
 		}
 		var n float64
@@ -255,22 +251,28 @@ func (l *limits) bareOf(alg string) *bareResult {
 	return nil
 }
 
+// bareOne runs alg's commands on one connection for d and returns the p50
+// and p99 of its round trips.
+func bareOne(ctx context.Context, addr string, alg bareAlg, d time.Duration) (p50, p99 time.Duration, err error) {
+	_, lat, err := bareDecisions(ctx, addr, alg, 1, d)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(lat) == 0 {
+		return 0, 0, errors.New("no decision at c=1")
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
 // bareSlice runs alg's commands bare on one connection for d and returns
-// the p50 of its round trips.
+// the p50 of its round trips (the slices between a scenario's c=1 rounds).
 func bareSlice(ctx context.Context, e *env, alg string, d time.Duration) (time.Duration, error) {
 	for _, a := range bareAlgs {
-		if a.name != alg {
-			continue
+		if a.name == alg {
+			p50, _, err := bareOne(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, d)
+			return p50, err
 		}
-		_, lat, err := bareDecisions(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, 1, d)
-		if err != nil {
-			return 0, err
-		}
-		if len(lat) == 0 {
-			return 0, errors.New("no decision")
-		}
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		return lat[len(lat)/2], nil
 	}
 	return 0, fmt.Errorf("unknown algorithm %q", alg)
 }
