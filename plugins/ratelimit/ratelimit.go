@@ -216,7 +216,7 @@ func (r *RateLimit) Start(ctx context.Context) {
 		if err == nil {
 			r.checkVersions(wctx)
 		}
-		if !r.clock {
+		if !r.clock && !r.cluster { // in Cluster the script decides the sliding log
 			go r.readRedisClock()
 		}
 		if err != nil {
