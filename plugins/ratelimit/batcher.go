@@ -426,6 +426,10 @@ func logResult(exec *redis.Cmd) evalResult {
 	return res
 }
 
+// errPExpireNX marks a counter decision whose PEXPIRE NX Redis refused
+// (a Redis older than 7.0): see RateLimit.evalCounter.
+var errPExpireNX = errors.New("redis pexpire nx")
+
 // counterResult reads the replies of a counter decision: INCRBY's value,
 // PEXPIRE's (an error reply there, e.g. a Redis older than 7.0 that has no
 // NX, fails the decision), and the previous counter (nil: 0).
@@ -435,6 +439,10 @@ func counterResult(incr, exp, get *redis.Cmd) evalResult {
 		return evalResult{err: fmt.Errorf("redis incrby: %w", err)}
 	}
 	if err := exp.Err(); err != nil {
+		var re redis.Error
+		if errors.As(err, &re) { // Redis answered: it refuses the command
+			return evalResult{err: fmt.Errorf("%w: %w", errPExpireNX, err)}
+		}
 		return evalResult{err: fmt.Errorf("redis pexpire nx: %w", err)}
 	}
 	res := evalResult{count: n}

@@ -699,8 +699,7 @@ func (r *RateLimit) evalCounter(sliding bool, d *decision, now time.Time) (bool,
 	}
 	res, err := r.decidePlain(&evalReq{kind: kindCounter, keys: keys, cost: cost, ttl: ttl})
 	if err != nil {
-		var re redis.Error
-		if errors.As(err, &re) && strings.Contains(err.Error(), "pexpire") {
+		if errors.Is(err, errPExpireNX) {
 			// A master without PEXPIRE NX (a failover to an older Redis):
 			// back to the script, and the counter just made gets its expiry.
 			r.counters.Store(false)

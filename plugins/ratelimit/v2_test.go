@@ -778,3 +778,30 @@ func TestSlidingLogByCommandsOnRedisClock(t *testing.T) {
 		t.Fatalf("got commandstats %q (%v), want EXEC (the decision by commands)", stats, err)
 	}
 }
+
+// TestCountersOffWhenPExpireNXIsRefused: a master that answers PEXPIRE NX
+// with an error (as a Redis older than 7.0 does; here the command is
+// renamed away) turns the counter commands off: that decision follows
+// fail_mode and the next one goes to the script.
+func TestCountersOffWhenPExpireNXIsRefused(t *testing.T) {
+	rd := backing.MustRedis(t, backing.RedisOptions{Config: []string{`rename-command PEXPIRE ""`}})
+	off := false
+	e := newEnv(t, redisCfg(t, rd.Addr(), func(c *Config) { c.Pipeline = &off }))
+	if !e.rl.counters.Load() {
+		t.Fatal("got counter commands off against redis-server 7, want on")
+	}
+	c := mustConf(t, `{"limit":5,"window":"1m","algorithm":"fixed_window"}`)
+	if res := e.do(c, newReq("192.0.2.9")); res.status != 0 || res.hdr.Get(hdrStatus) != statusDegrade {
+		t.Fatalf("got status %d %v, want allowed and degraded (fail_mode open)", res.status, res.hdr)
+	}
+	if e.rl.counters.Load() {
+		t.Fatal("got counter commands still on after PEXPIRE NX was refused")
+	}
+	e.do(c, newReq("192.0.2.9"))
+	cl := rd.Client()
+	defer cl.Close()
+	stats, err := cl.Info(context.Background(), "commandstats").Result()
+	if err != nil || !strings.Contains(stats, "cmdstat_evalsha:") {
+		t.Fatalf("got commandstats %q (%v), want the next decision sent to the script", stats, err)
+	}
+}
