@@ -27,6 +27,18 @@ func chlIdentity(t *testing.T, e *adminEnv, inherited float64) chlAccount {
 	return a
 }
 
+// chlWaitCounted waits until the runner is at rest with inserted rows
+// counted: ClickHouse holds replayed rows a moment before the runner has
+// counted them (its counters move when the insert returns), and /metrics
+// and /status are two reads, so the identity is checked at rest.
+func chlWaitCounted(t *testing.T, e *adminEnv, inserted float64) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the replay counted", func() bool {
+		a := chlAccounting(t, e.admin)
+		return a.queue == 0 && chlStatus(t, e).spoolRows == 0 && a.inserted == inserted
+	})
+}
+
 // chlStatusView is the part of /status the tests read.
 type chlStatusView struct {
 	state                 core.State
@@ -262,13 +274,7 @@ func TestCHLSpoolOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "every row in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == total })
-	// ClickHouse holds the replayed rows a moment before the runner has
-	// counted them (its counters move when the insert returns), and
-	// /metrics and /status are two reads: check the identity at rest.
-	eventually(t, 10*time.Second, "the replay counted", func() bool {
-		a := chlAccounting(t, e.admin)
-		return a.queue == 0 && chlStatus(t, e).spoolRows == 0 && a.inserted == float64(total)
-	})
+	chlWaitCounted(t, e, float64(total))
 	a := chlIdentity(t, e, 0)
 	if a.dropped != 0 || a.replayed != a.spooled || a.replayed == 0 {
 		t.Errorf("got %+v, want nothing dropped and every spooled row replayed", a)
@@ -314,6 +320,7 @@ func TestCHLSpoolAcrossRunnerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "the spooled rows in ClickHouse", func() bool { return chlCount(ch, "edge_access_log") == n })
+	chlWaitCounted(t, e, float64(n))
 	a := chlIdentity(t, e, n)
 	if a.replayed != n || a.dropped != 0 {
 		t.Errorf("got %+v, want %d replayed by the new runner and nothing dropped", a, n)
