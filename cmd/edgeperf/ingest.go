@@ -45,6 +45,10 @@ type ingestResult struct {
 	inserted         float64
 	dropped          float64
 	cpu              time.Duration // the runner's CPU over total
+	chCPU            time.Duration // clickhouse-server's CPU over total
+	loadCPU          time.Duration // edgeperf's own CPU over total (posting the batches)
+	machineBusy      time.Duration // every core's non-idle time over total (/proc/stat)
+	machineAll       time.Duration // every core's time over total
 	inTable          uint64
 	refused          int
 	err              error
@@ -161,6 +165,18 @@ clickhouse:
 	if err != nil {
 		return err
 	}
+	ch0, err := procCPU(e.ch.PID())
+	if err != nil {
+		return err
+	}
+	load0, err := procCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	busy0, all0, err := machineCPU()
+	if err != nil {
+		return err
+	}
 	var prof sync.WaitGroup
 	if o.profile != "" {
 		// -profile: the runner's CPU profile over the run (taking the
@@ -229,6 +245,15 @@ clickhouse:
 		return err
 	}
 	res.cpu = cpu1 - cpu0
+	if ch1, err := procCPU(e.ch.PID()); err == nil {
+		res.chCPU = ch1 - ch0
+	}
+	if load1, err := procCPU(os.Getpid()); err == nil {
+		res.loadCPU = load1 - load0
+	}
+	if busy1, all1, err := machineCPU(); err == nil {
+		res.machineBusy, res.machineAll = busy1-busy0, all1-all0
+	}
 	res.entries = res.batches * ingestPerBatch
 	res.inserted = c.inserted - base.inserted
 	res.dropped = c.dropped - base.dropped
@@ -301,6 +326,33 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(u+st) * 10 * time.Millisecond, nil
 }
 
+// machineCPU returns the time of every core, busy (not idle nor waiting
+// for I/O) and in all, from the cpu line of /proc/stat (clock ticks of
+// 10 ms).
+func machineCPU() (busy, all time.Duration, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, fmt.Errorf("ingest: machine CPU: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("ingest: machine CPU: unexpected /proc/stat")
+	}
+	var total, idle int64
+	for i, v := range f[1:] {
+		if i >= 8 { // guest time is already in user
+			break
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		total += n
+		if i == 3 || i == 4 { // idle, iowait
+			idle += n
+		}
+	}
+	return time.Duration(total-idle) * 10 * time.Millisecond, time.Duration(total) * 10 * time.Millisecond, nil
+}
+
 func (r *report) writeIngest(p func(string, ...any)) {
 	in := r.ingest
 	p("## Log-phase ingest (APISIX http-logger batches)\n\n")
@@ -334,6 +386,16 @@ func (r *report) writeIngest(p func(string, ...any)) {
 		in.accept.Round(time.Millisecond), float64(in.entries)/in.accept.Seconds(), in.total.Round(time.Millisecond),
 		in.rowsPerSec(), bare, ratio, in.dropped, in.refused, cpuRow)
 	p("Runner CPU per row is the runner process's user + system time over the run (from `/proc`), divided by the rows: decoding, the queue, the flusher's column encoding and the insert's compression and send. ")
+	if rows := in.inserted + in.dropped; rows > 0 {
+		perRow := func(d time.Duration) string { return fmt.Sprintf("%.2f µs", float64(d.Microseconds())/rows) }
+		busy := "n/a"
+		if in.machineAll > 0 {
+			busy = fmt.Sprintf("%.0f%%", 100*float64(in.machineBusy)/float64(in.machineAll))
+		}
+		p("CPU per row over the same interval, by process:\n\n| runner | clickhouse-server | load generator (edgeperf, posting) | whole machine (every process) | machine busy |\n|---|---|---|---|---|\n")
+		p("| %s | %s | %s | %s | %s |\n\n", perRow(in.cpu), perRow(in.chCPU), perRow(in.loadCPU), perRow(in.machineBusy), busy)
+		p("The whole machine's CPU per row bounds the rows/s end to end: with every core busy, no more than cores ÷ (CPU per row) rows/s. ")
+	}
 	p("Rows in ClickHouse: %d (the runner counts the same inserted).\n\n", in.inTable)
 	if v, ok := r.micro.get("BenchmarkIngestDecode/default", "cpu-ns/entry"); ok {
 		ns, _ := r.micro.get("BenchmarkIngestDecode/default", "ns/entry")
