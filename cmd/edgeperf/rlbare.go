@@ -268,11 +268,30 @@ func bareOne(ctx context.Context, addr string, alg bareAlg, d time.Duration) (p5
 // bareSlice runs alg's commands bare on one connection for d and returns
 // the p50 of its round trips (the slices between a scenario's c=1 rounds).
 func bareSlice(ctx context.Context, e *env, alg string, d time.Duration) (time.Duration, error) {
+	a, err := bareAlgNamed(alg)
+	if err != nil {
+		return 0, err
+	}
+	p50, _, err := bareOne(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, d)
+	return p50, err
+}
+
+// bareTputSlice measures alg's bare commands on clients connections for d
+// (the slices between a scenario's c=64 rounds) and returns decisions/s.
+func bareTputSlice(ctx context.Context, e *env, alg string, clients int, d time.Duration) (float64, error) {
+	a, err := bareAlgNamed(alg)
+	if err != nil {
+		return 0, err
+	}
+	tput, _, err := bareDecisions(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, clients, d)
+	return tput, err
+}
+
+func bareAlgNamed(name string) (bareAlg, error) {
 	for _, a := range bareAlgs {
-		if a.name == alg {
-			p50, _, err := bareOne(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, d)
-			return p50, err
+		if a.name == name {
+			return a, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown algorithm %q", alg)
+	return bareAlg{}, fmt.Errorf("unknown algorithm %q", name)
 }

@@ -39,9 +39,10 @@ type scenario struct {
 	before func(ctx context.Context) (string, error)
 	note   string
 	// bare names the algorithm whose commands, bare (rlbare.go), are
-	// measured in slices of their own between the c=1 slices, so that the
-	// scenario's added latency is read against a round trip measured in
-	// the same conditions (an idle machine wakes slower than a busy one).
+	// measured in slices of their own between the scenario's rounds, so
+	// that it is read against the commands' own cost in the same
+	// conditions: at c=1 their round trip (an idle machine wakes slower
+	// than a busy one), at c=64 their throughput on the shared cores.
 	bare string
 }
 
@@ -52,11 +53,84 @@ type cell struct {
 	warmReqs   int64 // scenario requests in the unmeasured warm-up
 	rss        int64
 	bareP50s   []time.Duration // c=1 p50 of the bare commands, one per round (scenario.bare)
+	bareTputs  []float64       // c=64 decisions/s of the bare commands, one per round (scenario.bare)
+	// CPU time of each process over the measured slices of the scenario
+	// and of its no-op twin.
+	scenCPU, baseCPU procTimes
+}
+
+// procTimes is the CPU time (user and system) of the processes sharing
+// the cores: the load generator (this process), the runner, redis-server
+// and clickhouse-server. ok is false if one could not be read (a server
+// killed by the scenario): that one is left out.
+type procTimes struct {
+	load, runner, redis, ch time.Duration
+	ok                      [4]bool
+}
+
+// cpuNow reads every process' CPU time now.
+func (e *env) cpuNow() procTimes {
+	var t procTimes
+	pids := [4]int{os.Getpid(), e.runner.PID(), 0, 0}
+	if e.rd != nil {
+		pids[2] = e.rd.PID()
+	}
+	if e.ch != nil {
+		pids[3] = e.ch.PID()
+	}
+	for i, pid := range pids {
+		if pid == 0 {
+			continue
+		}
+		d, err := procCPU(pid)
+		if err != nil {
+			continue
+		}
+		*t.at(i), t.ok[i] = d, true
+	}
+	return t
+}
+
+func (t *procTimes) at(i int) *time.Duration {
+	return [...]*time.Duration{&t.load, &t.runner, &t.redis, &t.ch}[i]
+}
+
+// since is the CPU used from t0 to t, by the processes read both times.
+func (t procTimes) since(t0 procTimes) procTimes {
+	var d procTimes
+	for i := range 4 {
+		if t.ok[i] && t0.ok[i] {
+			*d.at(i), d.ok[i] = *t.at(i)-*t0.at(i), true
+		}
+	}
+	return d
+}
+
+// add sums two measurements; a process stays ok only if both read it.
+func (t procTimes) add(u procTimes) procTimes {
+	var s procTimes
+	first := t.ok == [4]bool{}
+	for i := range 4 {
+		if (first || t.ok[i]) && u.ok[i] {
+			*s.at(i), s.ok[i] = *t.at(i)+*u.at(i), true
+		}
+	}
+	return s
 }
 
 // bareP50 is the median of the interleaved bare slices' p50s.
 func (c *cell) bareP50() time.Duration {
 	v := slices.Clone(c.bareP50s)
+	slices.Sort(v)
+	if len(v) == 0 {
+		return 0
+	}
+	return v[len(v)/2]
+}
+
+// bareTput is the median of the interleaved bare slices' decisions/s.
+func (c *cell) bareTput() float64 {
+	v := slices.Clone(c.bareTputs)
 	slices.Sort(v)
 	if len(v) == 0 {
 		return 0
@@ -463,19 +537,28 @@ func measureCell(ctx context.Context, o *options, e *env, sc *scenario, lvl int)
 			if isScen {
 				route = sc.route
 			}
+			cpu0 := e.cpuNow()
 			rep, err := load(route, o.slice)
 			if err != nil {
 				return c, err
 			}
+			used := e.cpuNow().since(cpu0)
 			if isScen {
 				c.scen = append(c.scen, rep)
+				c.scenCPU = c.scenCPU.add(used)
 			} else {
 				c.base = append(c.base, rep)
+				c.baseCPU = c.baseCPU.add(used)
 			}
 		}
-		if sc.bare != "" && lvl == 1 {
+		switch {
+		case sc.bare != "" && lvl == 1:
 			if p50, err := bareSlice(ctx, e, sc.bare, o.slice); err == nil {
 				c.bareP50s = append(c.bareP50s, p50)
+			}
+		case sc.bare != "" && lvl == 64:
+			if tput, err := bareTputSlice(ctx, e, sc.bare, lvl, o.slice); err == nil {
+				c.bareTputs = append(c.bareTputs, tput)
 			}
 		}
 	}
