@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,7 +51,9 @@ type options struct {
 	profile   string   // directory for CPU profiles of the runner, one per scenario
 	baseline  string   // another go-runner binary whose no-op chain is compared with this one's
 	only      []string // scenario keys to run (all if empty)
-	args      []string
+	// loadProfile is where to write a CPU profile of this process.
+	loadProfile string
+	args        []string
 
 	// Derived from d and quick.
 	rounds    int           // alternating slices per level
@@ -76,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.benchtime, "benchtime", "", "go test -benchtime for the micro-benchmarks (default 1s, 1x with -quick)")
 	fs.StringVar(&o.profile, "profile", "", "also take a CPU profile of the runner (admin pprof) during an extra 5 s slice of each scenario at the middle concurrency level, written to DIR/<scenario>.pprof")
 	fs.StringVar(&o.baseline, "baseline", "", "another go-runner binary (e.g. built from the previous commit): its no-op chain is measured against this runner's in alternating slices")
+	fs.StringVar(&o.loadProfile, "loadprofile", "", "also take a CPU profile of edgeperf itself (the load generator playing APISIX) over the whole run, written to FILE")
 	var only string
 	fs.StringVar(&only, "only", "", "comma-separated scenario keys to run (default: all; the report is then partial)")
 	if err := fs.Parse(args); err != nil {
@@ -159,6 +163,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// so that a stuck server can never hang `make bench`.
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 	defer cancel()
+	if o.loadProfile != "" {
+		f, err := os.Create(o.loadProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "edgeperf: load generator profile:", err)
+			return 1
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 	rep, err := measure(ctx, o, stderr)
 	if rep == nil {
 		fmt.Fprintln(stderr, "edgeperf:", err)
