@@ -23,18 +23,19 @@ func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "") +
 func modernServer(v *driver.ServerVersion) bool { return v != nil && v.Version.Major >= 21 }
 
 // chClient is the flusher's connection to ClickHouse: one pool per address
-// of clickhouse.addrs, batches spread over them (servers.go). Only the
-// flusher goroutine inserts; pings of down servers run beside it.
+// of clickhouse.addrs, batches spread over them (servers.go). Up to
+// insert_concurrency inserts run at once (each with its own column buffers
+// and connection); pings of down servers run beside them.
 type chClient struct {
 	cfg     Config
 	servers []*server
-	next    int       // round-robin cursor: where the next batch starts
-	ord     []*server // order's reused result
-	cols    columns
 	inserts *prometheus.CounterVec
-	// conn is the pool of the server being written to, set by insertOn
-	// (createTable runs on it).
-	conn driver.Conn
+
+	mu   sync.Mutex
+	next int // round-robin cursor: where the next batch starts (mu)
+
+	encMu sync.Mutex
+	encs  []*columns // idle column buffers, at most insert_concurrency (encMu)
 
 	life   context.Context // ends pings when the client closes
 	end    context.CancelFunc
@@ -60,8 +61,8 @@ func newClient(cfg Config) (*chClient, error) {
 			},
 			DialTimeout:     cfg.DialTimeout.D(),
 			ReadTimeout:     cfg.ReadTimeout.D(),
-			MaxOpenConns:    2,
-			MaxIdleConns:    2,
+			MaxOpenConns:    cfg.InsertConcurrency + 1, // one more for a ping
+			MaxIdleConns:    cfg.InsertConcurrency + 1,
 			ConnMaxLifetime: 10 * time.Minute,
 			ClientInfo: clickhouse.ClientInfo{Products: []struct{ Name, Version string }{
 				{Name: "apisix-edge-runner", Version: "clickhouselogger"}}},
@@ -132,21 +133,49 @@ func (c *chClient) ping(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// ensureTable creates table on s once per process when
-// create_table is on.
+// ensureTable creates table on s once per process when create_table is on
+// (one insert at a time creates it: the others wait).
 func (c *chClient) ensureTable(ctx context.Context, s *server, table string) error {
-	if !c.cfg.CreateTable || s.created[table] {
+	if !c.cfg.CreateTable {
+		return nil
+	}
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	if s.created[table] {
 		return nil
 	}
 	v, err := s.conn.ServerVersion()
 	if err != nil {
 		return fmt.Errorf("create table %s on %s: server version: %w", table, s.addr, err)
 	}
-	if err := c.createTable(ctx, table, modernServer(v)); err != nil {
+	if err := c.createTable(ctx, s.conn, table, modernServer(v)); err != nil {
 		return fmt.Errorf("create table %s on %s: %w", table, s.addr, err)
 	}
 	s.created[table] = true
 	return nil
+}
+
+// getColumns takes idle column buffers, or new ones.
+func (c *chClient) getColumns() *columns {
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	if n := len(c.encs); n > 0 {
+		cs := c.encs[n-1]
+		c.encs = c.encs[:n-1]
+		return cs
+	}
+	return &columns{}
+}
+
+// putColumns gives back buffers taken by getColumns, emptied; they keep
+// their capacity for the next batch.
+func (c *chClient) putColumns(cs *columns) {
+	cs.reset()
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	if len(c.encs) < max(c.cfg.InsertConcurrency, 1) {
+		c.encs = append(c.encs, cs)
+	}
 }
 
 // insert sends rows into table in one batch INSERT with named columns, on
@@ -154,21 +183,23 @@ func (c *chClient) ensureTable(ctx context.Context, s *server, table string) err
 // one, each server tried at most once (see order). Each server gets
 // read_timeout, all within ctx. When every server tried failed, the error
 // is the last one that another try may fix, else the last refusal:
-// permanent reports true only when every server refused the rows.
+// permanent reports true only when every server refused the rows. Safe for
+// concurrent use (insert_concurrency).
 func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
-	cs := &c.cols
+	cs := c.getColumns()
+	defer c.putColumns(cs)
 	cs.fill(rows, c.cfg.Ingest.Columns)
-	defer cs.reset()
 	var retryable, refused error
 	tried := 0
 	ord := c.order(time.Now())
 	for _, s := range ord {
 		tried++
-		err := c.insertOn(ctx, s, table)
+		s.inflight.Add(1)
+		err := c.insertOn(ctx, s, table, cs)
+		s.inflight.Add(-1)
 		if err == nil {
 			s.ok.Inc()
 			s.markUp(true, c.cfg.Retries.Backoff.D())
-			c.next = (s.index + 1) % len(c.servers)
 			return nil
 		}
 		s.failed.Inc()
@@ -185,7 +216,6 @@ func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 			retryable = err
 		}
 	}
-	c.next = (c.next + 1) % len(c.servers)
 	err := retryable
 	if err == nil {
 		err = refused
@@ -201,14 +231,13 @@ func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	return err
 }
 
-// insertOn sends the filled columns to one server within read_timeout.
-func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err error) {
+// insertOn sends the filled columns cs to one server within read_timeout.
+func (c *chClient) insertOn(ctx context.Context, s *server, table string, cs *columns) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ReadTimeout.D())
 	defer cancel()
 	if c.beforeInsert != nil {
 		c.beforeInsert(s.addr)
 	}
-	c.conn = s.conn
 	if err := c.ensureTable(ctx, s, table); err != nil {
 		return err
 	}
@@ -216,7 +245,9 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err e
 	if err != nil {
 		var ex *clickhouse.Exception
 		if errors.As(err, &ex) && ex.Code == 60 { // UNKNOWN_TABLE: dropped by hand?
+			s.createMu.Lock()
 			delete(s.created, table) // create it again before the next batch
+			s.createMu.Unlock()
 		}
 		return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
 	}
@@ -225,7 +256,7 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string) (err e
 			err = fmt.Errorf("insert into %s on %s: close: %w", table, s.addr, cerr)
 		}
 	}()
-	for i, v := range c.cols.values() {
+	for i, v := range cs.values() {
 		var err error
 		if lists, ok := v.([][]string); ok {
 			err = appendLists(b.Column(i), lists)

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
 // tableColumn is one built-in column of the log table.
@@ -122,13 +124,13 @@ func createTableSQL(db, table string, modern bool, custom []IngestColumn) string
 // configured): one ALTER TABLE ADD COLUMN each, which 18.16 and current
 // releases both run (18.16 has no ADD COLUMN IF NOT EXISTS, so the
 // existing columns are read from system.columns first).
-func (c *chClient) createTable(ctx context.Context, table string, modern bool) error {
+func (c *chClient) createTable(ctx context.Context, conn driver.Conn, table string, modern bool) error {
 	custom := c.cfg.Ingest.Columns
-	if err := c.conn.Exec(ctx, createTableSQL(c.cfg.Database, table, modern, custom)); err != nil {
+	if err := conn.Exec(ctx, createTableSQL(c.cfg.Database, table, modern, custom)); err != nil {
 		return err
 	}
 	have := map[string]bool{}
-	rows, err := c.conn.Query(ctx, "SELECT name FROM system.columns WHERE database = ? AND table = ?", c.cfg.Database, table)
+	rows, err := conn.Query(ctx, "SELECT name FROM system.columns WHERE database = ? AND table = ?", c.cfg.Database, table)
 	if err != nil {
 		return fmt.Errorf("read columns: %w", err)
 	}
@@ -158,7 +160,7 @@ func (c *chClient) createTable(ctx context.Context, table string, modern bool) e
 	}
 	for _, a := range adds {
 		q := "ALTER TABLE " + quoteIdent(c.cfg.Database) + "." + quoteIdent(table) + " ADD COLUMN " + a.name + " " + a.typ
-		if err := c.conn.Exec(ctx, q); err != nil && !strings.Contains(err.Error(), "already exists") {
+		if err := conn.Exec(ctx, q); err != nil && !strings.Contains(err.Error(), "already exists") {
 			return fmt.Errorf("add column %s: %w", a.name, err)
 		}
 	}

@@ -60,6 +60,17 @@ type Config struct {
 	// (reason queue_full), so memory stays bounded whatever ClickHouse
 	// does. A row takes about 0.5 KB. If zero, 100000. At least batch_size.
 	MaxPending int `yaml:"max_pending"`
+	// InsertConcurrency is how many batch INSERTs may be in flight at once,
+	// each on its own connection: while ClickHouse parses and writes one
+	// batch, the next is encoded and sent. Each batch still gets its own
+	// attempts, backoff and failover, and counts against max_pending until
+	// it is resolved; with several servers, a batch goes to the server with
+	// the fewest inserts in flight, in round-robin order among equals. 1
+	// sends one batch at a time (encode, send, wait for ClickHouse, next).
+	// If zero, 2 with one address in addrs, 1 with several (batches then
+	// alternate strictly between the servers, and a frozen server holds up
+	// one batch, not two). Between 1 and 16.
+	InsertConcurrency int `yaml:"insert_concurrency"`
 	// Retries bounds the attempts of a failing batch.
 	Retries RetriesConfig `yaml:"retries"`
 	// CreateTable creates each table the logger writes to (CREATE TABLE IF
@@ -175,6 +186,12 @@ func (x *Config) ApplyDefaults() {
 	if x.MaxPending == 0 {
 		x.MaxPending = 100000
 	}
+	if x.InsertConcurrency == 0 {
+		x.InsertConcurrency = 2
+		if len(x.Addrs) > 1 {
+			x.InsertConcurrency = 1
+		}
+	}
 	if x.Retries.MaxAttempts == 0 {
 		x.Retries.MaxAttempts = 3
 	}
@@ -246,6 +263,9 @@ func (x *Config) Validate() []error {
 		f("max_pending", "must be between 1 and 100000000, got %d", x.MaxPending)
 	} else if x.BatchSize > 0 && x.MaxPending < x.BatchSize {
 		f("max_pending", "must be >= batch_size (%d), got %d", x.BatchSize, x.MaxPending)
+	}
+	if x.InsertConcurrency < 1 || x.InsertConcurrency > 16 {
+		f("insert_concurrency", "must be between 1 and 16, got %d", x.InsertConcurrency)
 	}
 	if x.Retries.MaxAttempts <= 0 || x.Retries.MaxAttempts > 100 {
 		f("retries.max_attempts", "must be between 1 and 100, got %d", x.Retries.MaxAttempts)

@@ -4,13 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/apisix-edge/edge-runner/core"
 	"go.uber.org/zap"
 )
 
-// flusher is the state of the flusher goroutine; nothing else touches it.
+// flusher is the state of the flusher goroutine and of the inserts it
+// starts. The flusher goroutine pops batches and hands each to an insert
+// of its own, up to clickhouse.insert_concurrency at once (with 1, it
+// delivers each batch itself, one after the other); mu guards the backend's
+// health that the inserts and the flusher both read and record.
 //
 // Behaviour, in short:
 //   - a batch is tried up to retries.max_attempts times, waiting
@@ -26,19 +32,25 @@ import (
 type flusher struct {
 	client *chClient // nil when it cannot be built (bad TLS files)
 
-	down      bool
-	nextProbe time.Time
-	probeWait time.Duration
+	mu        sync.Mutex
+	down      bool          // mu
+	nextProbe time.Time     // mu
+	probeWait time.Duration // mu
+	// partial: the backend is degraded only because some servers of
+	// clickhouse.addrs are down while others take the batches (mu).
+	partial bool
 
-	stopping bool
+	stopping atomic.Bool
 
+	// slots holds a token per insert in flight (insert_concurrency);
+	// inflight counts the deliveries started by dispatch.
+	slots    chan struct{}
+	inflight sync.WaitGroup
+
+	// The flusher goroutine's own.
 	lastScan     time.Time
 	fileFailures map[string]int // spool files the server refused, by name
 	lastDropped  uint64         // drops already reported in the log
-
-	// partial: the backend is degraded only because some servers of
-	// clickhouse.addrs are down while others take the batches.
-	partial bool
 
 	// beforeInsert, tests only, is handed to the client (chClient's).
 	beforeInsert func(addr string)
@@ -52,6 +64,7 @@ func (l *Logger) run(ctx context.Context) {
 	f := &l.fl
 	f.fileFailures = map[string]int{}
 	f.probeWait = l.cfg.Retries.Backoff.D()
+	f.slots = make(chan struct{}, max(l.cfg.InsertConcurrency, 1))
 	if l.cfg.Spool.Enabled {
 		s, err := openSpool(l.cfg.Spool.Dir, l.cfg.Spool.MaxBytes, l.now)
 		if err != nil {
@@ -69,7 +82,9 @@ func (l *Logger) run(ctx context.Context) {
 	if err != nil {
 		l.deps.Log.Error("clickhouselogger: cannot connect to ClickHouse: rows will not be inserted", zap.Error(err))
 		l.backend.Set(core.StateDown, err)
+		f.mu.Lock()
 		f.down = true
+		f.mu.Unlock()
 	} else {
 		f.client.beforeInsert = f.beforeInsert
 		if err := l.deps.Metrics.Register(f.client.inserts); err != nil {
@@ -106,7 +121,7 @@ func (l *Logger) run(ctx context.Context) {
 // flushFull delivers every full batch waiting.
 func (l *Logger) flushFull() {
 	for b := l.q.pop(false); b != nil; b = l.q.pop(false) {
-		l.deliver(b)
+		l.dispatch(b)
 		if l.stopRequested() {
 			return
 		}
@@ -125,16 +140,19 @@ func (l *Logger) tick() {
 		if b == nil {
 			break
 		}
-		l.deliver(b)
+		l.dispatch(b)
 		if l.stopRequested() {
 			return
 		}
 	}
-	if f.down && f.client != nil && !time.Now().Before(f.nextProbe) {
+	f.mu.Lock()
+	down, nextProbe, partial := f.down, f.nextProbe, f.partial
+	f.mu.Unlock()
+	if down && f.client != nil && !time.Now().Before(nextProbe) {
 		l.probe()
 	} else if f.client != nil {
 		f.client.probeDue() // servers down while others take the batches
-		if f.partial && f.client.outage() == nil {
+		if partial && f.client.outage() == nil {
 			l.markUp() // they are back, with or without traffic
 		}
 	}
@@ -167,6 +185,8 @@ func (l *Logger) probe() {
 
 func (l *Logger) markUp() {
 	f := &l.fl
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.down = false
 	f.probeWait = l.cfg.Retries.Backoff.D()
 	f.partial = false
@@ -181,6 +201,8 @@ func (l *Logger) markUp() {
 
 func (l *Logger) markDown(err error) {
 	f := &l.fl
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.down = true
 	f.partial = false
 	f.nextProbe = time.Now().Add(f.probeWait)
@@ -194,6 +216,38 @@ func (l *Logger) tableOf(r *row) string {
 		return r.table
 	}
 	return l.cfg.Table
+}
+
+// isDown reports whether the backend is marked down, and when it is
+// probed next.
+func (f *flusher) isDown() (bool, time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.down, f.nextProbe
+}
+
+// dispatch delivers one popped batch: at once with insert_concurrency 1,
+// else in a goroutine of its own once fewer than insert_concurrency are in
+// flight (it waits for one to end). The batch stays counted in memory
+// (max_pending) until its delivery ends.
+func (l *Logger) dispatch(b []row) {
+	f := &l.fl
+	if cap(f.slots) <= 1 {
+		l.deliver(b)
+		return
+	}
+	f.slots <- struct{}{}
+	f.inflight.Add(1)
+	go func() {
+		defer func() {
+			<-f.slots
+			f.inflight.Done()
+		}()
+		l.deliver(b)
+		// As after a tick's deliveries: /status shows where the rows went
+		// (the spool's size) without waiting for the next tick.
+		l.updateStatus()
+	}()
 }
 
 // deliver resolves one popped batch and releases it.
@@ -229,17 +283,18 @@ func (l *Logger) deliver(b []row) {
 func (l *Logger) deliverTable(table string, rows []row) {
 	f := &l.fl
 	n := len(rows)
-	if f.stopping {
+	if f.stopping.Load() {
 		l.finalRows(table, rows)
 		return
 	}
 	sp := l.spool.Load()
-	if f.client == nil || (sp != nil && f.down && time.Now().Before(f.nextProbe)) {
+	down, nextProbe := f.isDown()
+	if f.client == nil || (sp != nil && down && time.Now().Before(nextProbe)) {
 		l.undeliverable(table, rows, reasonInsertFailed)
 		return
 	}
 	attempts := l.cfg.Retries.MaxAttempts
-	if sp != nil && f.down {
+	if sp != nil && down {
 		attempts = 1 // a probe: the spool keeps the rows safe meanwhile
 	}
 	err := l.insertRetry(table, rows, attempts)
@@ -291,7 +346,9 @@ func (l *Logger) insertRetry(table string, rows []row, attempts int) error {
 		switch {
 		case permanent(err):
 			// The server answers but refuses the rows: it is not down.
+			f.mu.Lock()
 			f.partial = false
+			f.mu.Unlock()
 			l.backend.Set(core.StateDegraded, err)
 			return err
 		case last:
@@ -301,9 +358,11 @@ func (l *Logger) insertRetry(table string, rows []row, attempts int) error {
 			if l.backend.State() == core.StateOK || l.backend.State() == core.StateUnknown {
 				l.backend.Set(core.StateDegraded, err)
 			}
+			f.mu.Lock()
 			f.partial = false
+			f.mu.Unlock()
 		}
-		if f.stopping {
+		if f.stopping.Load() {
 			return err
 		}
 		t := time.NewTimer(wait)
@@ -335,10 +394,11 @@ func (l *Logger) insertOnce(table string, rows []row) error {
 // remains, else spooled or dropped (reason shutdown).
 func (l *Logger) drain() {
 	f := &l.fl
-	f.stopping = true
+	f.stopping.Store(true)
 	for b := l.q.pop(true); b != nil; b = l.q.pop(true) {
-		l.deliver(b)
+		l.dispatch(b)
 	}
+	f.inflight.Wait()
 	l.updateStatus()
 	l.reportDrops()
 	if f.client != nil {
@@ -354,7 +414,8 @@ func (l *Logger) drain() {
 func (l *Logger) finalRows(table string, rows []row) {
 	f := &l.fl
 	left := time.Until(time.Unix(0, l.drainBy.Load()))
-	if f.client != nil && left > 0 && !(f.down && l.spool.Load() != nil) {
+	down, _ := f.isDown()
+	if f.client != nil && left > 0 && !(down && l.spool.Load() != nil) {
 		if err := l.insertOnce(table, rows); err == nil {
 			l.markUp()
 			l.n.inserted.Add(uint64(len(rows)))
@@ -371,7 +432,7 @@ func (l *Logger) finalRows(table string, rows []row) {
 func (l *Logger) replay() {
 	f := &l.fl
 	sp := l.spool.Load()
-	if sp == nil || f.client == nil || f.down || !sp.tryLock() {
+	if down, _ := f.isDown(); sp == nil || f.client == nil || down || !sp.tryLock() {
 		return
 	}
 	if time.Since(f.lastScan) > 10*time.Second {
@@ -395,7 +456,10 @@ func (l *Logger) replay() {
 			l.n.drop(reasonInvalid, int(file.rows))
 			continue
 		}
-		if err := l.insertRetry(table, rows, 1); err != nil {
+		f.slots <- struct{}{} // one of the inserts in flight
+		err = l.insertRetry(table, rows, 1)
+		<-f.slots
+		if err != nil {
 			if permanent(err) {
 				f.fileFailures[file.name]++
 				if f.fileFailures[file.name] >= l.cfg.Retries.MaxAttempts {

@@ -662,10 +662,11 @@ func TestIngestShutdownFlushes(t *testing.T) {
 
 func TestIngestConfig(t *testing.T) {
 	tests := []struct {
-		name    string
-		yaml    string
-		wantErr []string
-		check   func(IngestConfig) string
+		name     string
+		yaml     string
+		wantErr  []string
+		check    func(IngestConfig) string
+		checkAll func(Config) string // instead of check: the whole section
 	}{
 		{name: "defaults", yaml: "", check: func(c IngestConfig) string {
 			if c.Listen != "127.0.0.1:9543" || c.AuthHeader != "" || c.MaxBodyBytes != 8<<20 || c.MaxEntries != 10000 || c.MaxFieldBytes != 65536 || len(c.Columns) != 0 {
@@ -714,6 +715,20 @@ func TestIngestConfig(t *testing.T) {
 			`clickhouse.ingest.columns[6].name: must be unique, got "OK4" twice`,
 			`clickhouse.ingest.columns[6].from: must name an HTTP header, got "header:bad header"`,
 		}},
+		{name: "insert_concurrency defaults to 2 with one server", yaml: "  addrs: [\"127.0.0.1:9000\"]\n", checkAll: func(c Config) string {
+			if c.InsertConcurrency != 2 {
+				return fmt.Sprintf("got insert_concurrency %d, want 2", c.InsertConcurrency)
+			}
+			return ""
+		}},
+		{name: "insert_concurrency defaults to 1 with several servers", yaml: "  addrs: [\"127.0.0.1:9000\", \"127.0.0.2:9000\"]\n", checkAll: func(c Config) string {
+			if c.InsertConcurrency != 1 {
+				return fmt.Sprintf("got insert_concurrency %d, want 1", c.InsertConcurrency)
+			}
+			return ""
+		}},
+		{name: "insert_concurrency out of range", yaml: "  insert_concurrency: 17\n",
+			wantErr: []string{`clickhouse.insert_concurrency: must be between 1 and 16, got 17`}},
 		{name: "non-loopback needs a secret", yaml: "  ingest: {listen: \"0.0.0.0:9543\"}\n",
 			wantErr: []string{`clickhouse.ingest.listen: a non-loopback address needs ingest.auth_header, got "0.0.0.0:9543"`}},
 		{name: "non-loopback with a secret", yaml: "  ingest: {listen: \"0.0.0.0:9543\", auth_header: \"Bearer x\"}\n", check: func(IngestConfig) string { return "" }},
@@ -731,6 +746,12 @@ func TestIngestConfig(t *testing.T) {
 			if tt.wantErr == nil {
 				if err != nil {
 					t.Fatalf("got %v, want no error", err)
+				}
+				if tt.checkAll != nil {
+					if msg := tt.checkAll(doc.C); msg != "" {
+						t.Error(msg)
+					}
+					return
 				}
 				if msg := tt.check(doc.C.Ingest); msg != "" {
 					t.Error(msg)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -29,10 +31,15 @@ import (
 // server is one address of clickhouse.addrs: its own connection pool, the
 // tables created there, its health and its counters.
 type server struct {
-	addr    string
-	index   int // in chClient.servers
-	conn    driver.Conn
-	created map[string]bool // tables create_table made here (flusher only)
+	addr  string
+	index int // in chClient.servers
+	conn  driver.Conn
+	// created: the tables create_table made here (createMu, held while one
+	// is made).
+	createMu sync.Mutex
+	created  map[string]bool
+	// inflight counts the inserts being sent here.
+	inflight atomic.Int32
 
 	ok, failed prometheus.Counter // apisix_edge_log_inserts_total{addr,result}
 
@@ -114,30 +121,43 @@ func newInsertsVec() *prometheus.CounterVec {
 }
 
 // order returns the servers to try for the next batch: the ones up, from
-// the cursor on; when none is up, every server from the cursor on (a batch
-// always gets its tries, as with a single server). Down servers whose period
-// is over and that did not answer are pinged in the background meanwhile.
+// the cursor on, those with the fewest inserts in flight first (with
+// insert_concurrency above 1, a batch does not queue behind another on one
+// server while the next is idle, nor follow it onto a frozen one); when
+// none is up, every server from the cursor on (a batch always gets its
+// tries, as with a single server). The cursor moves past the first server
+// returned. Down servers whose period is over and that did not answer are
+// pinged in the background meanwhile.
 func (c *chClient) order(now time.Time) []*server {
-	c.ord = c.ord[:0]
 	n := len(c.servers)
 	if n == 1 {
-		return append(c.ord, c.servers[0]) // the flusher probes a lone server
+		return []*server{c.servers[0]} // the flusher probes a lone server
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ord := make([]*server, 0, n)
 	for i := range n {
 		s := c.servers[(c.next+i)%n]
 		switch s.eligibility(now) {
 		case serverUp:
-			c.ord = append(c.ord, s)
+			ord = append(ord, s)
 		case serverProbe:
 			c.probeAsync(s)
 		}
 	}
-	if len(c.ord) == 0 {
+	if len(ord) == 0 {
 		for i := range n {
-			c.ord = append(c.ord, c.servers[(c.next+i)%n])
+			ord = append(ord, c.servers[(c.next+i)%n])
 		}
+	} else if len(ord) > 1 {
+		busy := make(map[*server]int32, len(ord))
+		for _, s := range ord {
+			busy[s] = s.inflight.Load()
+		}
+		slices.SortStableFunc(ord, func(a, b *server) int { return int(busy[a] - busy[b]) })
 	}
-	return c.ord
+	c.next = (ord[0].index + 1) % n
+	return ord
 }
 
 // probeDue pings, in the background, the down servers whose period is over

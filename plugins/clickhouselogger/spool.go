@@ -59,10 +59,14 @@ type spoolFile struct {
 }
 
 type spool struct {
-	dir      string
-	max      int64
-	runID    string
-	lastNano int64 // of the last file name written
+	dir   string
+	max   int64
+	runID string
+	// wmu serializes writes (inserts run concurrently) and scans: the cap
+	// is checked and the file named by one write at a time, and a scan
+	// lists the directory with no write half done.
+	wmu      sync.Mutex
+	lastNano int64 // of the last file name written (wmu)
 	now      func() time.Time
 
 	lockFile *os.File
@@ -140,8 +144,11 @@ func (s *spool) removeStaleTemps() {
 }
 
 // scan rebuilds the index from the directory (files written by another
-// runner appear here).
+// runner appear here). It holds wmu: a file this runner writes meanwhile
+// would be missing from the listing, and then from the index.
 func (s *spool) scan() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("scan spool: %w", err)
@@ -252,6 +259,8 @@ func (s *spool) write(table string, rows []row) error {
 		return nil
 	}
 	data := encodeSpool(table, rows)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	if s.bytes.Load()+int64(len(data)) > s.max {
 		return errSpoolFull
 	}
