@@ -413,3 +413,35 @@ func rlWaitRedisDecision(t *testing.T, g *testbed.Gateway, route *testbed.Route,
 	t.Fatalf("no Redis-backed decision within %v", within)
 	return 0
 }
+
+// TestRLRedisDeadAtStartLogsThroughTheThrottle: a runner started while its
+// Redis is unreachable (a port nothing listens on) keeps go-redis' own
+// lines (its pool's failed dials, written to stderr with its default
+// "redis: " logger) out of the log: they go through the log throttle,
+// which the plugin installs before its client first dials.
+func TestRLRedisDeadAtStartLogsThroughTheThrottle(t *testing.T) {
+	dead, err := backing.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	redisSection := rlStandalone(fmt.Sprintf("127.0.0.1:%d", dead)) + "  min_idle_conns: 8\n  dial_timeout: 50ms\n"
+	for range 3 { // each start races the client's first dials against the logger
+		r := startRunner(t, rlConfig(0, redisSection), testbed.RunnerOptions{})
+		g := newGateway(t, r)
+		route := rlRoute("1", `{"limit":10,"window":"1s"}`)
+		for range 20 {
+			if res := do(t, g, route, rlReq("10.0.0.1")); res.Status != 200 {
+				t.Fatalf("redis unreachable, fail_mode open: got status %d, want 200", res.Status)
+			}
+		}
+		eventually(t, 10*time.Second, "go-redis' failed dials in the throttle", func() bool {
+			return strings.Contains(r.Output(), "ratelimit: go-redis")
+		})
+		_ = r.Stop(context.Background())
+		for _, line := range strings.Split(r.Output(), "\n") {
+			if strings.HasPrefix(line, "redis: ") || strings.Contains(line, "pool.go:") {
+				t.Fatalf("go-redis wrote to stderr past the throttle: %q\n%s", line, r.Output())
+			}
+		}
+	}
+}

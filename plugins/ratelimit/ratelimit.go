@@ -124,9 +124,14 @@ func WithClock(now func() time.Time) Option {
 	return func(r *RateLimit) { r.now, r.clock = now, true }
 }
 
-// New builds the plugin from the runner's redis section. It does not dial:
-// connections are made in the background (Start) or by the first requests.
+// New builds the plugin from the runner's redis section. It does not wait
+// on Redis: connections are made in the background (go-redis' pool opens
+// min_idle_conns at once, Start probes) or by the first requests.
 func New(cfg Config, deps core.Deps, opts ...Option) (*RateLimit, error) {
+	// go-redis logs pool failures (one line per failed dial) on stderr,
+	// which APISIX copies into error.log: fold them into the throttle,
+	// before the client's pool makes its first dials.
+	redis.SetLogger(goRedisLog{deps.Throttle})
 	client, err := newClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("new ratelimit: %w", err)
@@ -148,9 +153,6 @@ func New(cfg Config, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	_, r.cluster = client.(*redis.ClusterClient)
 	r.base = time.Now()
 	r.lastOK.Store(math.MinInt64 / 2) // no success yet: failures at start count at once
-	// go-redis logs pool failures (one line per failed dial) on stderr,
-	// which APISIX copies into error.log: fold them into the throttle.
-	redis.SetLogger(goRedisLog{deps.Throttle})
 	for _, o := range opts {
 		o(r)
 	}
