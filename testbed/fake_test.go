@@ -481,10 +481,14 @@ func TestFakePostRespBodyReadTwice(t *testing.T) {
 func TestFakePoolReuseAndDeadIdleConns(t *testing.T) {
 	var closeAfter atomic.Bool
 	f := startFake(t, func(rw *bufio.ReadWriter, ty byte, payload []byte) error {
+		// Read before answering: the test turns closeAfter on once it has
+		// the answer, and a late read would close this connection after
+		// a later request took it from the pool and wrote to it.
+		closing := closeAfter.Load()
 		if err := writeFrame(rw, ty, emptyReqResp(hreq.GetRootAsReq(payload, 0).Id())); err != nil {
 			return err
 		}
-		if closeAfter.Load() {
+		if closing {
 			return io.EOF // the runner closes the connection
 		}
 		return nil
