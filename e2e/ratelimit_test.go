@@ -302,7 +302,9 @@ func TestRLSentinelFailover(t *testing.T) {
 	backing.MustRequire(t, backing.RedisServer, backing.RedisSentinel)
 	sg := backing.MustSentinel(t, backing.SentinelOptions{Password: "s3cret"})
 	addrs := `["` + strings.Join(sg.SentinelAddrs(), `", "`) + `"]`
-	cfg := rlConfig(0, fmt.Sprintf("  mode: sentinel\n  addrs: %s\n  master_name: %s\n  password: ${RL_REDIS_PASSWORD}\n", addrs, sg.MasterName()))
+	// A generous call timeout: this test is about the failover, and a
+	// decision over the default 20 ms on a loaded machine answers degraded.
+	cfg := rlConfig(0, fmt.Sprintf("  mode: sentinel\n  addrs: %s\n  master_name: %s\n  password: ${RL_REDIS_PASSWORD}\n  timeout: 1s\n", addrs, sg.MasterName()))
 	r := startRunner(t, cfg, testbed.RunnerOptions{ExtraEnv: []string{"RL_REDIS_PASSWORD=s3cret"}})
 	g := newGateway(t, r)
 	routes := map[string]*testbed.Route{}

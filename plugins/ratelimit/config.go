@@ -234,7 +234,7 @@ func (x *Config) Validate() []error {
 		bad("key_prefix", "must be 1 to 64 characters of A-Z a-z 0-9 _ . : - /, got %q", x.KeyPrefix)
 	}
 	if x.Timeout < core.Duration(time.Millisecond) || x.Timeout > core.Duration(time.Second) {
-		bad("timeout", "must be between 1ms and 1s (it is paid by requests while Config is slow), got %s", x.Timeout)
+		bad("timeout", "must be between 1ms and 1s (it is paid by requests while Redis is slow), got %s", x.Timeout)
 	}
 	if x.DialTimeout < core.Duration(time.Millisecond) || x.DialTimeout > core.Duration(30*time.Second) {
 		bad("dial_timeout", "must be between 1ms and 30s, got %s", x.DialTimeout)
