@@ -786,7 +786,12 @@ func TestSlidingLogByCommandsOnRedisClock(t *testing.T) {
 func TestCountersOffWhenPExpireNXIsRefused(t *testing.T) {
 	rd := backing.MustRedis(t, backing.RedisOptions{Config: []string{`rename-command PEXPIRE ""`}})
 	off := false
-	e := newEnv(t, redisCfg(t, rd.Addr(), func(c *Config) { c.Pipeline = &off }))
+	e := newEnv(t, redisCfg(t, rd.Addr(), func(c *Config) {
+		c.Pipeline = &off
+		// The refusal must be what makes the decision degraded, not a
+		// first call slower than the default 20 ms (seen under -race).
+		c.Timeout = core.Duration(time.Second)
+	}))
 	if !e.rl.counters.Load() {
 		t.Fatal("got counter commands off against redis-server 7, want on")
 	}
