@@ -99,6 +99,7 @@ type RateLimit struct {
 	// Off until Start (or the first recovery) has checked the versions.
 	counters  atomic.Bool
 	versioned atomic.Bool // the versions were read
+	hzWarned  atomic.Bool // the low-hz warning was logged (once a process)
 	// Redis' clock for the sliding log by commands (evalLog): the offset
 	// of Redis' TIME from this process' clock, read once a second.
 	offset   atomic.Int64 // ns
@@ -280,12 +281,16 @@ func (r *RateLimit) readRedisClock() {
 // versions unread, to be tried again when the breaker next closes.
 func (r *RateLimit) checkVersions(ctx context.Context) {
 	ok := true
+	minHz := 0
 	check := func(ctx context.Context, c redis.UniversalClient) error {
 		s, err := c.Info(ctx, "server").Result()
 		if err != nil {
 			return err
 		}
 		ok = ok && redisAtLeast7(s)
+		if hz := redisHz(s); hz > 0 && (minHz == 0 || hz < minHz) {
+			minHz = hz
+		}
 		return nil
 	}
 	var err error
@@ -305,7 +310,34 @@ func (r *RateLimit) checkVersions(ctx context.Context) {
 	r.counters.Store(ok)
 	r.versioned.Store(true)
 	r.back.SetDetail("counter_commands", ok)
+	if minHz > 0 {
+		r.back.SetDetail("redis_hz", minHz)
+		if stall := expireCycleCap(minHz); stall > r.cfg.Timeout.D() && r.hzWarned.CompareAndSwap(false, true) {
+			r.deps.Log.Warn("ratelimit: redis hz is low for redis.timeout: one expire cycle may stall Redis past the timeout (a mass key expiry, e.g. a fixed_window boundary over many client keys), and every decision in flight then answers degraded; set hz 100 on Redis (docs/ratelimit.md, Redis settings)",
+				zap.Int("hz", minHz), zap.Duration("expire_cycle_cap", stall), zap.Duration("timeout", r.cfg.Timeout.D()))
+		}
+	}
 }
+
+// redisHz reads configured_hz (hz on servers without it) from an INFO
+// server reply; 0 if there is none.
+func redisHz(info string) int {
+	for _, field := range []string{"\nconfigured_hz:", "\nhz:"} {
+		if _, v, found := strings.Cut(info, field); found {
+			v, _, _ = strings.Cut(v, "\n")
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// expireCycleCap is the longest one active-expire cycle of Redis may run
+// at hz (a quarter of each 1/hz second at the default
+// active-expire-effort): the longest Redis answers nobody while it deletes
+// a mass of expired keys.
+func expireCycleCap(hz int) time.Duration { return time.Second / time.Duration(4*hz) }
 
 // redisAtLeast7 reads redis_version from an INFO server reply.
 func redisAtLeast7(info string) bool {
