@@ -13,6 +13,19 @@ import (
 	"go.uber.org/zap"
 )
 
+// prepareInProcess dispatches a PrepareConf for key with plugins (name,
+// conf pairs) and returns the token it was cached under.
+func prepareInProcess(b *testing.B, d *dispatcher, c *conn, key string, plugins ...string) uint32 {
+	b.Helper()
+	_, pb := d.dispatch(c, typePrepareConf, encodePrepare(key, plugins...))
+	putBuilder(pb)
+	tok, ok := d.cache.byKey(key)
+	if !ok {
+		b.Fatal("conf not prepared")
+	}
+	return tok
+}
+
 // BenchmarkDispatch is the runner's own cost of one HTTPReqCall, without
 // the socket: decoding, the conf lookup, the chain, the answer.
 func BenchmarkDispatch(b *testing.B) {
@@ -36,12 +49,7 @@ func BenchmarkDispatch(b *testing.B) {
 		{"jwt_like", []string{"jwtlike", "{}"}, jwtHeaders},
 	} {
 		b.Run(tt.name, func(b *testing.B) {
-			_, pb := d.dispatch(c, typePrepareConf, encodePrepare("route#"+tt.name, tt.plugins...))
-			putBuilder(pb)
-			tok, ok := d.cache.byKey("route#" + tt.name)
-			if !ok {
-				b.Fatal("conf not prepared")
-			}
+			tok := prepareInProcess(b, d, c, "route#"+tt.name, tt.plugins...)
 			call := encodeReqCall(tok, tt.headers...)
 			b.ReportAllocs()
 			for b.Loop() {

@@ -66,12 +66,7 @@ func BenchmarkDispatchJWTCacheHit(b *testing.B) {
 		{"hit", []string{jwtcache.Name, conf}, hrc.ActionRewrite},
 	} {
 		b.Run(tt.name, func(b *testing.B) {
-			_, pb := d.dispatch(c, typePrepareConf, encodePrepare("route#"+tt.name, tt.plugins...))
-			putBuilder(pb)
-			tok, ok := d.cache.byKey("route#" + tt.name)
-			if !ok {
-				b.Fatal("conf not prepared")
-			}
+			tok := prepareInProcess(b, d, c, "route#"+tt.name, tt.plugins...)
 			call := encodeReqCall(tok, headers...)
 			// the first call waits for the keys and verifies the token
 			_, ab := d.dispatch(c, typeHTTPReqCall, call)
