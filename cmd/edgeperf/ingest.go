@@ -161,15 +161,9 @@ clickhouse:
 	if err != nil {
 		return err
 	}
-	cpu0, err := procCPU(rn.PID())
-	if err != nil {
-		return err
-	}
-	ch0, err := procCPU(e.ch.PID())
-	if err != nil {
-		return err
-	}
-	load0, err := procCPU(os.Getpid())
+	// The runner of its own, clickhouse-server and this process posting.
+	pids := [numProcs]int{procLoad: os.Getpid(), procRunner: rn.PID(), procCH: e.ch.PID()}
+	cpu0, err := readCPU(pids)
 	if err != nil {
 		return err
 	}
@@ -240,17 +234,12 @@ clickhouse:
 		time.Sleep(20 * time.Millisecond)
 	}
 	res.total = time.Since(start)
-	cpu1, err := procCPU(rn.PID())
-	if err != nil {
+	cpu1, err := readCPU(pids)
+	if !cpu1.ok[procRunner] {
 		return err
 	}
-	res.cpu = cpu1 - cpu0
-	if ch1, err := procCPU(e.ch.PID()); err == nil {
-		res.chCPU = ch1 - ch0
-	}
-	if load1, err := procCPU(os.Getpid()); err == nil {
-		res.loadCPU = load1 - load0
-	}
+	used := cpu1.since(cpu0)
+	res.cpu, res.chCPU, res.loadCPU = used.d[procRunner], used.d[procCH], used.d[procLoad]
 	if busy1, all1, err := machineCPU(); err == nil {
 		res.machineBusy, res.machineAll = busy1-busy0, all1-all0
 	}

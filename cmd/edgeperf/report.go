@@ -617,13 +617,13 @@ func (r *report) cpuTable(p func(string, ...any)) {
 		}
 		var cols []string
 		var tb, ts float64
-		for i := range 4 {
+		for i := range numProcs {
 			if !c.baseCPU.ok[i] || !c.scenCPU.ok[i] {
 				cols = append(cols, "—")
 				continue
 			}
-			b := float64(*c.baseCPU.at(i)) / float64(time.Microsecond) / float64(nb)
-			x := float64(*c.scenCPU.at(i)) / float64(time.Microsecond) / float64(ns)
+			b := float64(c.baseCPU.d[i]) / float64(time.Microsecond) / float64(nb)
+			x := float64(c.scenCPU.d[i]) / float64(time.Microsecond) / float64(ns)
 			tb, ts = tb+b, ts+x
 			cols = append(cols, fmt.Sprintf("%.1f → %.1f", b, x))
 		}

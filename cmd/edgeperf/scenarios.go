@@ -59,48 +59,62 @@ type cell struct {
 	scenCPU, baseCPU procTimes
 }
 
-// procTimes is the CPU time (user and system) of the processes sharing
-// the cores: the load generator (this process), the runner, redis-server
-// and clickhouse-server. ok is false if one could not be read (a server
-// killed by the scenario): that one is left out.
+// The processes sharing the cores, as indexes of procTimes.
+const (
+	procLoad   = iota // the load generator: this process
+	procRunner        // the runner
+	procRedis         // redis-server
+	procCH            // clickhouse-server
+	numProcs
+)
+
+// procTimes is the CPU time (user and system) of each process sharing the
+// cores. ok is false for one that could not be read (a server killed by
+// the scenario, or not asked for): it is left out.
 type procTimes struct {
-	load, runner, redis, ch time.Duration
-	ok                      [4]bool
+	d  [numProcs]time.Duration
+	ok [numProcs]bool
 }
 
-// cpuNow reads every process' CPU time now.
-func (e *env) cpuNow() procTimes {
+// readCPU reads the CPU time of the processes pids (0: not read), each
+// with procCPU; err joins the reads that failed.
+func readCPU(pids [numProcs]int) (procTimes, error) {
 	var t procTimes
-	pids := [4]int{os.Getpid(), e.runner.PID(), 0, 0}
-	if e.rd != nil {
-		pids[2] = e.rd.PID()
-	}
-	if e.ch != nil {
-		pids[3] = e.ch.PID()
-	}
+	var errs []error
 	for i, pid := range pids {
 		if pid == 0 {
 			continue
 		}
 		d, err := procCPU(pid)
 		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		*t.at(i), t.ok[i] = d, true
+		t.d[i], t.ok[i] = d, true
 	}
-	return t
+	return t, errors.Join(errs...)
 }
 
-func (t *procTimes) at(i int) *time.Duration {
-	return [...]*time.Duration{&t.load, &t.runner, &t.redis, &t.ch}[i]
+// cpuNow reads every process' CPU time now; one the scenario killed is
+// left out.
+func (e *env) cpuNow() procTimes {
+	pids := [numProcs]int{procLoad: os.Getpid(), procRunner: e.runner.PID()}
+	if e.rd != nil {
+		pids[procRedis] = e.rd.PID()
+	}
+	if e.ch != nil {
+		pids[procCH] = e.ch.PID()
+	}
+	t, _ := readCPU(pids)
+	return t
 }
 
 // since is the CPU used from t0 to t, by the processes read both times.
 func (t procTimes) since(t0 procTimes) procTimes {
 	var d procTimes
-	for i := range 4 {
+	for i := range numProcs {
 		if t.ok[i] && t0.ok[i] {
-			*d.at(i), d.ok[i] = *t.at(i)-*t0.at(i), true
+			d.d[i], d.ok[i] = t.d[i]-t0.d[i], true
 		}
 	}
 	return d
@@ -109,10 +123,10 @@ func (t procTimes) since(t0 procTimes) procTimes {
 // add sums two measurements; a process stays ok only if both read it.
 func (t procTimes) add(u procTimes) procTimes {
 	var s procTimes
-	first := t.ok == [4]bool{}
-	for i := range 4 {
+	first := t.ok == [numProcs]bool{}
+	for i := range numProcs {
 		if (first || t.ok[i]) && u.ok[i] {
-			*s.at(i), s.ok[i] = *t.at(i)+*u.at(i), true
+			s.d[i], s.ok[i] = t.d[i]+u.d[i], true
 		}
 	}
 	return s
