@@ -302,13 +302,13 @@ func ingestCounters(ctx context.Context, admin string, want float64) (counters, 
 func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("ingest: runner CPU: %w", err)
+		return 0, fmt.Errorf("process CPU of pid %d: %w", pid, err)
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	f := strings.Fields(s[i+1:])
 	if len(f) < 13 {
-		return 0, fmt.Errorf("ingest: runner CPU: short /proc stat")
+		return 0, fmt.Errorf("process CPU of pid %d: short /proc stat", pid)
 	}
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
