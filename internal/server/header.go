@@ -134,11 +134,20 @@ func (h *header) Del(key string) {
 // settle drops the unsure deletions of headers the frame does not hold:
 // afterwards the changes are the ones an answer carries.
 func (h *header) settle() {
+	h.settleBy(func(name string) bool {
+		_, ok := h.raw(name)
+		return ok
+	})
+}
+
+// settleBy drops the unsure deletions of the headers present says the
+// request does not hold, and makes the others sure.
+func (h *header) settleBy(present func(name string) bool) {
 	kept := h.changed[:0]
 	for _, c := range h.changed {
 		if c.unsure {
-			if _, ok := h.raw(c.name); !ok {
-				continue
+			if !present(c.name) {
+				continue // never there: no change
 			}
 			c.unsure = false
 		}
@@ -212,21 +221,18 @@ func (h *header) View() http.Header {
 		if n > 0 {
 			parseEntries(entryVector{n, h.src.at}, h.h, true)
 		}
-		kept := h.changed[:0]
+		// The map holds the frame's headers: it answers for them.
+		h.settleBy(func(name string) bool {
+			_, ok := h.h[name]
+			return ok
+		})
 		for _, c := range h.changed {
 			if c.del {
-				if _, ok := h.h[c.name]; !ok && c.unsure {
-					continue // never there: no change
-				}
 				delete(h.h, c.name)
 			} else {
 				h.h[c.name] = []string{c.value}
 			}
-			c.unsure = false
-			kept = append(kept, c)
 		}
-		clear(h.changed[len(kept):])
-		h.changed = kept
 	}
 	return h.h
 }
