@@ -69,7 +69,13 @@ type evalReq struct {
 	deadline time.Time
 	state    atomic.Int32
 	done     chan evalResult // buffered: a worker never blocks on a caller
-	cmds     [3]*redis.Cmd   // the commands queued for it in its round trip
+	cmds     [3]*redis.Cmd   // the commands queued for it in its round trip (go-redis)
+
+	// Through the multiplexed connection (mux.go):
+	replies [3]reply // the replies read for it (kindLog: EXEC's only)
+	got     uint8    // how many of its replies were read
+	eval    bool     // a script to send as EVAL (Redis answered NOSCRIPT)
+	sentAt  int64    // when it was written, ns since the batcher's base
 }
 
 // evalResult is Redis' answer to one request: the script's reply, or the
@@ -122,9 +128,13 @@ type batcher struct {
 	stats     batcherStats
 	size      prometheus.Observer
 	drops     map[string]prometheus.Counter
+	mux       *mux // the multiplexed connection, or nil: the workers and go-redis
 }
 
-func newBatcher(client redis.UniversalClient, timeout time.Duration, workers, maxBatch, queue int, met *metrics) *batcher {
+// newBatcher starts the batcher's goroutines: with dialer, the writer of
+// one multiplexed connection (mux.go), dialed in the background;
+// otherwise workers sending pipelines through client.
+func newBatcher(client redis.UniversalClient, dialer *muxDialer, timeout time.Duration, workers, maxBatch, queue int, met *metrics) *batcher {
 	b := &batcher{
 		client:   client,
 		sha:      decideScript.Hash(),
@@ -138,6 +148,11 @@ func newBatcher(client redis.UniversalClient, timeout time.Duration, workers, ma
 		size:     met.batchSize,
 		drops:    met.batcherDrops,
 	}
+	if dialer != nil {
+		b.mux = newMux(b, dialer)
+		b.mux.start()
+		return b
+	}
 	for range workers {
 		b.wg.Add(1)
 		go b.run()
@@ -150,6 +165,9 @@ func newBatcher(client redis.UniversalClient, timeout time.Duration, workers, ma
 func (b *batcher) close() {
 	b.stopOnce.Do(func() { close(b.stop) })
 	b.wg.Wait()
+	if b.mux != nil {
+		b.mux.close()
+	}
 }
 
 func (b *batcher) mono() int64 { return int64(time.Since(b.base)) }
@@ -179,7 +197,7 @@ func (b *batcher) do(keys []string, args []any) (any, error) {
 func (b *batcher) wait(req *evalReq) evalResult {
 	req.deadline = time.Now().Add(b.timeout)
 	req.done = make(chan evalResult, 1)
-	if callerRuns && len(b.queue) == 0 {
+	if callerRuns && b.mux == nil && len(b.queue) == 0 {
 		select {
 		case b.senders <- struct{}{}:
 			req.state.Store(reqTaken)
@@ -381,21 +399,41 @@ func (r *evalReq) queueOn(ctx context.Context, pipe redis.Pipeliner, sha string,
 	}
 }
 
-// result reads r's answer from its commands.
+// cmdReply is one command's reply: a go-redis *redis.Cmd, or a reply read
+// from the multiplexed connection.
+type cmdReply interface {
+	Result() (any, error)
+	Int64() (int64, error)
+	Err() error
+}
+
+// result reads r's answer from its commands' replies.
 func (r *evalReq) result() evalResult {
+	var c [3]cmdReply
+	if r.cmds[0] != nil {
+		for i, x := range r.cmds {
+			if x != nil {
+				c[i] = x
+			}
+		}
+	} else {
+		for i := range r.replies {
+			c[i] = r.replies[i]
+		}
+	}
 	switch r.kind {
 	case kindCounter:
-		return counterResult(r.cmds[0], r.cmds[1], r.cmds[2])
+		return counterResult(c[0], c[1], c[2], len(r.keys) > 1)
 	case kindLog:
-		return logResult(r.cmds[0])
+		return logResult(c[0])
 	}
-	reply, err := r.cmds[0].Result()
+	reply, err := c[0].Result()
 	return evalResult{reply: reply, err: err}
 }
 
 // logResult reads the EXEC reply of a log decision: ZREMRANGEBYSCORE,
 // ZADD, ZCARD, PEXPIRE and ZRANGE ... WITHSCORES, in order.
-func logResult(exec *redis.Cmd) evalResult {
+func logResult(exec cmdReply) evalResult {
 	v, err := exec.Result()
 	if err != nil {
 		return evalResult{err: fmt.Errorf("redis exec: %w", err)}
@@ -432,8 +470,8 @@ var errPExpireNX = errors.New("redis pexpire nx")
 
 // counterResult reads the replies of a counter decision: INCRBY's value,
 // PEXPIRE's (an error reply there, e.g. a Redis older than 7.0 that has no
-// NX, fails the decision), and the previous counter (nil: 0).
-func counterResult(incr, exp, get *redis.Cmd) evalResult {
+// NX, fails the decision), and, with prev, the previous counter (nil: 0).
+func counterResult(incr, exp, get cmdReply, prev bool) evalResult {
 	n, err := incr.Int64()
 	if err != nil {
 		return evalResult{err: fmt.Errorf("redis incrby: %w", err)}
@@ -446,7 +484,7 @@ func counterResult(incr, exp, get *redis.Cmd) evalResult {
 		return evalResult{err: fmt.Errorf("redis pexpire nx: %w", err)}
 	}
 	res := evalResult{count: n}
-	if get != nil {
+	if prev {
 		p, err := get.Int64()
 		switch {
 		case err == redis.Nil:

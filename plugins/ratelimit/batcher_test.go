@@ -55,6 +55,7 @@ func batcherEnv(t *testing.T, rd *backing.Redis, edit func(*Config)) *env {
 	t.Helper()
 	return newEnv(t, redisCfg(t, rd.Addr(), func(r *Config) {
 		r.PipelineWorkers = 1
+		r.Multiplex = new(bool) // the workers (see mux_test.go)
 		r.Timeout = core.Duration(time.Minute)
 		if edit != nil {
 			edit(r)
@@ -199,7 +200,7 @@ func TestBatcherDeadlineWhileFrozen(t *testing.T) {
 // whole timeout it counts against Redis. The batcher's state is set by
 // hand (no workers run).
 func TestBatcherOverloadIsNotRedisFailure(t *testing.T) {
-	b := newBatcher(nil, 20*time.Millisecond, 0, 1, 1, newMetrics(prometheus.NewRegistry()))
+	b := newBatcher(nil, nil, 20*time.Millisecond, 0, 1, 1, newMetrics(prometheus.NewRegistry()))
 	ms := int64(time.Millisecond)
 	tests := []struct {
 		name      string
@@ -265,7 +266,7 @@ func TestBatcherNoScriptRecovers(t *testing.T) {
 	if err := cl.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	b := newBatcher(e.rl.client, time.Minute, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
+	b := newBatcher(e.rl.client, nil, time.Minute, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
 	reqs := make([]*evalReq, 10)
 	for i := range reqs {
 		reqs[i] = &evalReq{
@@ -302,7 +303,7 @@ func TestBatcherCluster(t *testing.T) {
 	cl := backing.MustCluster(t, backing.ClusterOptions{})
 	client := redis.NewClusterClient(cl.ClientOptions())
 	defer client.Close()
-	b := newBatcher(client, 5*time.Second, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
+	b := newBatcher(client, nil, 5*time.Second, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
 	reqs := make([]*evalReq, 30)
 	for i := range reqs {
 		reqs[i] = &evalReq{
@@ -339,7 +340,7 @@ func TestBatcherClusterCounters(t *testing.T) {
 	cl := backing.MustCluster(t, backing.ClusterOptions{})
 	client := redis.NewClusterClient(cl.ClientOptions())
 	defer client.Close()
-	b := newBatcher(client, 5*time.Second, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
+	b := newBatcher(client, nil, 5*time.Second, 0, 64, 64, newMetrics(prometheus.NewRegistry()))
 	reqs := make([]*evalReq, 30)
 	mk := func(i int, kind reqKind) *evalReq {
 		tag := "edge:rl:{cluster||a:" + strconv.Itoa(i) + "}:s1000:"

@@ -72,6 +72,18 @@ type Config struct {
 	// full a decision fails at once (degraded, counted in
 	// apisix_edge_ratelimit_batcher_dropped_total). If zero, 1024.
 	PipelineQueue int `yaml:"pipeline_queue"`
+	// Multiplex sends the batcher's decisions over one connection with many
+	// requests in flight (standalone mode only): a writer sends whatever
+	// is queued without waiting for the previous replies, a reader hands
+	// out the replies in order. It costs the runner and Redis a third to a
+	// half of the CPU per decision of the pipelines on pooled connections
+	// (docs/ratelimit.md). pipeline_workers, pool_size and min_idle_conns
+	// do not apply to it; each decision still waits at most timeout, a
+	// connection with no reply for 4×timeout (at least 100ms) is closed,
+	// and while it is down decisions fail at once and it is redialed in
+	// the background (20ms to 1s apart). If unset, true in standalone
+	// mode with pipeline on; false otherwise.
+	Multiplex *bool `yaml:"multiplex"`
 	// Breaker is the circuit breaker around Redis.
 	Breaker BreakerConfig `yaml:"breaker"`
 	// OverrideCacheTTL is how long a tenant's override (or its absence) read
@@ -133,6 +145,11 @@ var keyPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.:\-/]{1,64}$`)
 
 // PipelineOn reports whether decisions are batched into pipelines.
 func (x *Config) PipelineOn() bool { return x.Pipeline == nil || *x.Pipeline }
+
+// MultiplexOn reports whether the batcher uses the multiplexed connection.
+func (x *Config) MultiplexOn() bool {
+	return x.PipelineOn() && x.Mode == "standalone" && (x.Multiplex == nil || *x.Multiplex)
+}
 
 func (x *Config) ApplyDefaults() {
 	if x.Mode == "" {
@@ -220,6 +237,13 @@ func (x *Config) Validate() []error {
 		bad("mode", "must be one of %s, got %q", strings.Join(Modes, ", "), x.Mode)
 	}
 	errs = append(errs, core.CheckAddrs("redis", x.Addrs)...)
+	if x.Multiplex != nil && *x.Multiplex {
+		if x.Mode != "standalone" {
+			bad("multiplex", "is only available in standalone mode, got mode %q", x.Mode)
+		} else if !x.PipelineOn() {
+			bad("multiplex", "needs pipeline on")
+		}
+	}
 	if x.Mode != "sentinel" && (x.SentinelUsername != "" || x.SentinelPassword != "") {
 		bad("sentinel_password", "is only used in sentinel mode")
 	}

@@ -179,9 +179,16 @@ func New(cfg Config, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	r.back.SetDetail("addrs", cfg.Addrs)
 	r.back.SetDetail("breaker", "closed")
 	r.back.SetDetail("pipeline", cfg.PipelineOn())
+	r.back.SetDetail("multiplex", cfg.MultiplexOn())
 	if cfg.PipelineOn() {
 		// Goroutines only: they wait on the queue and dial nothing.
-		r.batch = newBatcher(client, cfg.Timeout.D(), cfg.PipelineWorkers, cfg.PipelineMaxBatch, cfg.PipelineQueue, r.met)
+		var dialer *muxDialer
+		if cfg.MultiplexOn() {
+			if dialer, err = newMuxDialer(cfg); err != nil {
+				return nil, err
+			}
+		}
+		r.batch = newBatcher(client, dialer, cfg.Timeout.D(), cfg.PipelineWorkers, cfg.PipelineMaxBatch, cfg.PipelineQueue, r.met)
 	}
 	deps.Status.Plugin(PluginName, r.statusCounters)
 	return r, nil
