@@ -216,8 +216,8 @@ func (b *batcher) wait(req *evalReq) evalResult {
 		b.drops[dropQueueFull].Inc()
 		return evalResult{err: b.notSent(errQueueFull)}
 	}
-	t := time.NewTimer(b.timeout)
-	defer t.Stop()
+	t := getTimer(b.timeout)
+	defer putTimer(t)
 	select {
 	case res := <-req.done:
 		return res
@@ -235,6 +235,23 @@ func (b *batcher) wait(req *evalReq) evalResult {
 	default:
 		return evalResult{err: b.errLate}
 	}
+}
+
+// timers are the callers' deadline timers, reused: since Go 1.23 a
+// stopped timer that is Reset delivers no stale tick.
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }
 
 // notSent tells a local overload (the breaker ignores it) from workers
@@ -418,7 +435,7 @@ func (r *evalReq) result() evalResult {
 		}
 	} else {
 		for i := range r.replies {
-			c[i] = r.replies[i]
+			c[i] = &r.replies[i] // a pointer: no copy boxed per reply
 		}
 	}
 	switch r.kind {

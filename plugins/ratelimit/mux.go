@@ -72,24 +72,34 @@ func (e respError) Error() string { return string(e) }
 func (respError) RedisError()     {}
 
 // reply is one reply read from the connection, with the accessors of
-// go-redis's *redis.Cmd that the result functions use (cmdReply).
+// go-redis's *redis.Cmd that the result functions use (cmdReply). An
+// integer is kept unboxed (n) until Result asks for it as a value.
 type reply struct {
-	v   any
-	err error
+	v     any // a string or []any
+	n     int64
+	isInt bool
+	err   error
 }
 
-func (r reply) Result() (any, error) { return r.v, r.err }
-func (r reply) Err() error           { return r.err }
+func (r *reply) Result() (any, error) { return r.value(), r.err }
+func (r *reply) Err() error           { return r.err }
+
+func (r *reply) value() any {
+	if r.isInt {
+		return r.n
+	}
+	return r.v
+}
 
 // Int64 is the integer reply, or a bulk string holding one (GET).
-func (r reply) Int64() (int64, error) {
+func (r *reply) Int64() (int64, error) {
 	if r.err != nil {
 		return 0, r.err
 	}
-	switch v := r.v.(type) {
-	case int64:
-		return v, nil
-	case string:
+	if r.isInt {
+		return r.n, nil
+	}
+	if v, ok := r.v.(string); ok {
 		return strconv.ParseInt(v, 10, 64)
 	}
 	return 0, fmt.Errorf("redis: unexpected reply %T for an integer", r.v)
@@ -604,10 +614,20 @@ func (r *evalReq) appendTo(b []byte, sha string) []byte {
 			b = appendArg(b, a)
 		}
 	case kindCounter:
-		b = appendCommand(b, "incrby", r.keys[0], r.cost)
-		b = appendCommand(b, "pexpire", r.keys[0], r.ttl, "nx")
+		// Typed appends: no boxing of the arguments on the hot path.
+		b = appendArrayLen(b, 3)
+		b = appendBulk(b, "incrby")
+		b = appendBulk(b, r.keys[0])
+		b = appendBulkInt(b, r.cost)
+		b = appendArrayLen(b, 4)
+		b = appendBulk(b, "pexpire")
+		b = appendBulk(b, r.keys[0])
+		b = appendBulkInt(b, r.ttl)
+		b = appendBulk(b, "nx")
 		if len(r.keys) > 1 {
-			b = appendCommand(b, "get", r.keys[1])
+			b = appendArrayLen(b, 2)
+			b = appendBulk(b, "get")
+			b = appendBulk(b, r.keys[1])
 		}
 	case kindLog:
 		k := r.keys[0]
@@ -653,6 +673,24 @@ func appendArrayLen(b []byte, n int) []byte {
 	return append(b, '\r', '\n')
 }
 
+func appendBulk(b []byte, s string) []byte {
+	b = append(b, '$')
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, '\r', '\n')
+	b = append(b, s...)
+	return append(b, '\r', '\n')
+}
+
+func appendBulkInt(b []byte, n int64) []byte {
+	var tmp [20]byte
+	s := strconv.AppendInt(tmp[:0], n, 10)
+	b = append(b, '$')
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, '\r', '\n')
+	b = append(b, s...)
+	return append(b, '\r', '\n')
+}
+
 // appendArg encodes one argument as a bulk string, as go-redis would
 // write it.
 func appendArg(b []byte, a any) []byte {
@@ -660,15 +698,11 @@ func appendArg(b []byte, a any) []byte {
 	var s []byte
 	switch v := a.(type) {
 	case string:
-		b = append(b, '$')
-		b = strconv.AppendInt(b, int64(len(v)), 10)
-		b = append(b, '\r', '\n')
-		b = append(b, v...)
-		return append(b, '\r', '\n')
+		return appendBulk(b, v)
+	case int64:
+		return appendBulkInt(b, v)
 	case []byte:
 		s = v
-	case int64:
-		s = strconv.AppendInt(tmp[:0], v, 10)
 	case int:
 		s = strconv.AppendInt(tmp[:0], int64(v), 10)
 	case uint64:
@@ -711,14 +745,15 @@ func parseReply(b []byte, depth int) (reply, int, error) {
 	case '-':
 		return reply{err: respError(line[1:])}, n, nil
 	case ':':
-		v, err := strconv.ParseInt(string(line[1:]), 10, 64)
-		if err != nil {
+		v, ok := parseInt(line[1:])
+		if !ok {
 			return reply{}, 0, fmt.Errorf("%w: integer %q", errProtocol, line[1:])
 		}
-		return reply{v: v}, n, nil
+		return reply{n: v, isInt: true}, n, nil
 	case '$':
-		l, err := strconv.Atoi(string(line[1:]))
-		if err != nil || l < -1 || l > muxMaxBulk {
+		l64, ok := parseInt(line[1:])
+		l := int(l64)
+		if !ok || l < -1 || l > muxMaxBulk {
 			return reply{}, 0, fmt.Errorf("%w: bulk length %q", errProtocol, line[1:])
 		}
 		if l == -1 {
@@ -732,8 +767,9 @@ func parseReply(b []byte, depth int) (reply, int, error) {
 		}
 		return reply{v: string(b[n : n+l])}, n + l + 2, nil
 	case '*':
-		l, err := strconv.Atoi(string(line[1:]))
-		if err != nil || l < -1 || l > muxMaxArray || depth > 8 {
+		l64, ok := parseInt(line[1:])
+		l := int(l64)
+		if !ok || l < -1 || l > muxMaxArray || depth > 8 {
 			return reply{}, 0, fmt.Errorf("%w: array length %q", errProtocol, line[1:])
 		}
 		if l == -1 {
@@ -752,12 +788,45 @@ func parseReply(b []byte, depth int) (reply, int, error) {
 			if e.err != nil {
 				a[i] = e.err
 			} else {
-				a[i] = e.v
+				a[i] = e.value()
 			}
 		}
 		return reply{v: a}, n, nil
 	}
 	return reply{}, 0, fmt.Errorf("%w: reply type %q", errProtocol, line[0])
+}
+
+// parseInt reads a RESP integer: an optional '-' and digits, within
+// int64 (up to 18 digits without allocating).
+func parseInt(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) > 18 {
+		v, err := strconv.ParseInt(string(b), 10, 64)
+		if err != nil || (len(b) > 0 && (b[0] == '-' || b[0] == '+')) {
+			return 0, false
+		}
+		if neg {
+			v = -v
+		}
+		return v, true
+	}
+	if len(b) == 0 {
+		return 0, false
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
 }
 
 func nilReply(depth int) reply {

@@ -243,6 +243,10 @@ func TestParseReply(t *testing.T) {
 		{in: "$3\r\nabcde", proto: true},
 		{in: "*2000000\r\n", proto: true},
 		{in: "+OK\n", proto: true},
+		{in: ":92233720368547758070\r\n", proto: true}, // beyond int64
+		{in: ":-\r\n", proto: true},
+		{in: ":123456789012345678\r\n", want: int64(123456789012345678), used: 21},
+		{in: ":-9223372036854775807\r\n", want: int64(-9223372036854775807), used: 23},
 		{in: "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", proto: true},
 	}
 	for _, tt := range tests {
@@ -260,9 +264,9 @@ func TestParseReply(t *testing.T) {
 		if used == 0 {
 			continue
 		}
-		if !reflect.DeepEqual(rep.v, tt.want) || (rep.err == nil) != (tt.wantErr == nil) ||
+		if !reflect.DeepEqual(rep.value(), tt.want) || (rep.err == nil) != (tt.wantErr == nil) ||
 			(rep.err != nil && rep.err.Error() != tt.wantErr.Error()) {
-			t.Errorf("%q: got %#v, %v, want %#v, %v", tt.in, rep.v, rep.err, tt.want, tt.wantErr)
+			t.Errorf("%q: got %#v, %v, want %#v, %v", tt.in, rep.value(), rep.err, tt.want, tt.wantErr)
 		}
 	}
 	// An error reply is a redis.Error, as go-redis's own: answered and
@@ -288,8 +292,8 @@ func TestAppendCommand(t *testing.T) {
 	for _, tt := range tests {
 		b := appendCommand(nil, tt.args...)
 		rep, used, err := parseReply(b, 0)
-		if err != nil || used != len(b) || !reflect.DeepEqual(rep.v, tt.want) {
-			t.Errorf("%v: got %q read back as %#v (used %d of %d, %v), want %#v", tt.args, b, rep.v, used, len(b), err, tt.want)
+		if err != nil || used != len(b) || !reflect.DeepEqual(rep.value(), tt.want) {
+			t.Errorf("%v: got %q read back as %#v (used %d of %d, %v), want %#v", tt.args, b, rep.value(), used, len(b), err, tt.want)
 		}
 	}
 }
