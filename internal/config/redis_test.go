@@ -92,7 +92,7 @@ redis:
 			"redis.pipeline_workers: must be between 1 and 256, got 300",
 			"redis.pipeline_max_batch: must be between 1 and 1024, got -1",
 			"redis.pipeline_queue: must be between 1 and 1000000, got 2000000"}},
-		{name: "multiplex outside standalone", doc: "redis:\n  mode: cluster\n  multiplex: true\n", wantErr: []string{"redis.multiplex: is only available in standalone mode, got mode \"cluster\""}},
+		{name: "multiplex outside standalone", doc: "redis:\n  mode: cluster\n  multiplex: true\n", wantErr: []string{"redis.multiplex: is not available in cluster mode"}},
 		{name: "multiplex without pipeline", doc: "redis:\n  pipeline: false\n  multiplex: true\n", wantErr: []string{"redis.multiplex: needs pipeline on"}},
 		{name: "auto_pipeline is gone", doc: "redis:\n  auto_pipeline: true\n", wantErr: []string{"redis.auto_pipeline: unknown key"}},
 		{name: "several problems at once", doc: "redis:\n  pool_size: -1\n  local_max_keys: -5\n", wantErr: []string{"redis.pool_size", "redis.local_max_keys"}},

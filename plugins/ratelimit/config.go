@@ -73,7 +73,9 @@ type Config struct {
 	// apisix_edge_ratelimit_batcher_dropped_total). If zero, 1024.
 	PipelineQueue int `yaml:"pipeline_queue"`
 	// Multiplex sends the batcher's decisions over one connection with many
-	// requests in flight (standalone mode only): a writer sends whatever
+	// requests in flight (standalone and sentinel mode; in sentinel mode to
+	// the master the sentinels name, asked again at each dial, and redialed
+	// when the server answers READONLY): a writer sends whatever
 	// is queued without waiting for the previous replies, a reader hands
 	// out the replies in order. It costs the runner and Redis a third to a
 	// half of the CPU per decision of the pipelines on pooled connections
@@ -81,8 +83,8 @@ type Config struct {
 	// do not apply to it; each decision still waits at most timeout, a
 	// connection with no reply for 4×timeout (at least 100ms) is closed,
 	// and while it is down decisions fail at once and it is redialed in
-	// the background (20ms to 1s apart). If unset, true in standalone
-	// mode with pipeline on; false otherwise.
+	// the background (20ms to 1s apart). If unset, true in standalone and
+	// sentinel mode with pipeline on; false otherwise.
 	Multiplex *bool `yaml:"multiplex"`
 	// Breaker is the circuit breaker around Redis.
 	Breaker BreakerConfig `yaml:"breaker"`
@@ -148,7 +150,7 @@ func (x *Config) PipelineOn() bool { return x.Pipeline == nil || *x.Pipeline }
 
 // MultiplexOn reports whether the batcher uses the multiplexed connection.
 func (x *Config) MultiplexOn() bool {
-	return x.PipelineOn() && x.Mode == "standalone" && (x.Multiplex == nil || *x.Multiplex)
+	return x.PipelineOn() && x.Mode != "cluster" && (x.Multiplex == nil || *x.Multiplex)
 }
 
 func (x *Config) ApplyDefaults() {
@@ -238,8 +240,8 @@ func (x *Config) Validate() []error {
 	}
 	errs = append(errs, core.CheckAddrs("redis", x.Addrs)...)
 	if x.Multiplex != nil && *x.Multiplex {
-		if x.Mode != "standalone" {
-			bad("multiplex", "is only available in standalone mode, got mode %q", x.Mode)
+		if x.Mode == "cluster" {
+			bad("multiplex", "is not available in cluster mode")
 		} else if !x.PipelineOn() {
 			bad("multiplex", "needs pipeline on")
 		}

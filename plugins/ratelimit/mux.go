@@ -17,7 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The multiplexed connection (redis.multiplex, standalone mode): every
+// The multiplexed connection (redis.multiplex, standalone and sentinel
+// mode): every
 // decision of the runner goes over one TCP connection with as many
 // requests in flight as there are callers. One writer goroutine takes
 // whatever is queued, encodes it and writes it in one write; one reader
@@ -35,8 +36,8 @@ import (
 // runner's CPU and 4.6 µs of Redis' per decision (72k/s); bare go-redis
 // pipelines on 64 connections 16.0 and 9.5 µs (66k/s); one multiplexed
 // connection 5.6 and 3.3 µs (177k/s). go-redis still serves everything
-// else (start-up checks, overrides, the clock, delayed sync, Sentinel and
-// Cluster).
+// else (start-up checks, overrides, the clock, delayed sync, Cluster),
+// and names the master in sentinel mode.
 //
 // Failure handling keeps the plugin's rules: each caller waits on its own
 // timer (redis.timeout); a reply that comes after it is read and dropped.
@@ -105,14 +106,43 @@ func (r *reply) Int64() (int64, error) {
 	return 0, fmt.Errorf("redis: unexpected reply %T for an integer", r.v)
 }
 
-// muxDialer opens and prepares one connection.
+// muxDialer opens and prepares one connection: to addr (standalone), or
+// to the master the sentinels name at each dial (sentinel).
 type muxDialer struct {
-	addr     string
-	username string
-	password string
-	db       int
-	tls      *tls.Config
-	timeout  time.Duration
+	addr      string
+	sentinels []*redis.SentinelClient
+	master    string
+	username  string
+	password  string
+	db        int
+	tls       *tls.Config
+	timeout   time.Duration
+}
+
+// target is the address to dial: addr, or the master that the first
+// sentinel to answer names.
+func (d *muxDialer) target(ctx context.Context) (string, error) {
+	if d.sentinels == nil {
+		return d.addr, nil
+	}
+	var errs []error
+	for _, sc := range d.sentinels {
+		a, err := sc.GetMasterAddrByName(ctx, d.master).Result()
+		if err == nil && len(a) == 2 {
+			return net.JoinHostPort(a[0], a[1]), nil
+		}
+		if err == nil {
+			err = fmt.Errorf("got %q", a)
+		}
+		errs = append(errs, err)
+	}
+	return "", fmt.Errorf("redis mux: no sentinel names master %q: %w", d.master, errors.Join(errs...))
+}
+
+func (d *muxDialer) close() {
+	for _, sc := range d.sentinels {
+		_ = sc.Close()
+	}
 }
 
 // dial connects, then sends AUTH (if a password is set), SELECT (if db is
@@ -122,13 +152,23 @@ type muxDialer struct {
 func (d *muxDialer) dial(ctx context.Context) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
+	addr, err := d.target(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var nd net.Dialer
-	c, err := nd.DialContext(ctx, "tcp", d.addr)
+	c, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("redis mux dial: %w", err)
 	}
 	if d.tls != nil {
-		tc := tls.Client(c, d.tls)
+		conf := d.tls
+		if conf.ServerName == "" && !conf.InsecureSkipVerify {
+			host, _, _ := net.SplitHostPort(addr)
+			conf = conf.Clone()
+			conf.ServerName = host
+		}
+		tc := tls.Client(c, conf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("redis mux dial: tls: %w", err)
@@ -246,6 +286,7 @@ func (m *mux) close() {
 		m.fail(mc, errors.New("redis mux: closed"))
 	}
 	m.rwg.Wait()
+	m.dialer.close()
 }
 
 // redial starts the dialing goroutine unless one runs already or the
@@ -516,6 +557,7 @@ func (m *mux) overdue(mc *muxConn) bool {
 // the requests waiting on mc, and returns the bytes used.
 func (m *mux) consume(mc *muxConn, buf []byte) (int, error) {
 	used := 0
+	demoted := false
 	var done []*evalReq
 	for used < len(buf) {
 		rep, n, err := parseReply(buf[used:], 0)
@@ -526,6 +568,9 @@ func (m *mux) consume(mc *muxConn, buf []byte) (int, error) {
 			break
 		}
 		used += n
+		if rep.err != nil && redis.HasErrorPrefix(rep.err, "READONLY") {
+			demoted = true
+		}
 		mc.mu.Lock()
 		if mc.head == len(mc.inflight) {
 			mc.mu.Unlock()
@@ -544,6 +589,11 @@ func (m *mux) consume(mc *muxConn, buf []byte) (int, error) {
 	}
 	for _, r := range done {
 		m.complete(r)
+	}
+	if demoted {
+		// The server is a replica now (a Sentinel failover): redial, which
+		// asks the sentinels for the new master.
+		return used, errors.New("redis mux: the server answered READONLY (a replica now)")
 	}
 	return used, nil
 }
@@ -849,27 +899,41 @@ func readLine(b []byte) ([]byte, int) {
 	return b[:i-1], i + 1
 }
 
-// newMuxDialer is the dialer of the multiplexed connection to cfg's one
-// standalone address, with its credentials, database and TLS.
+// newMuxDialer is the dialer of the multiplexed connection: to cfg's one
+// standalone address, or to the master named by cfg's sentinels (asked
+// at each dial, so a redial after a failover finds the new master), with
+// the data nodes' credentials, database and TLS.
 func newMuxDialer(cfg Config) (*muxDialer, error) {
 	tlsConf, err := cfg.TLS.Config()
 	if err != nil {
 		return nil, fmt.Errorf("redis %w", err)
 	}
-	if tlsConf != nil && tlsConf.ServerName == "" && !tlsConf.InsecureSkipVerify {
-		host, _, err := net.SplitHostPort(cfg.Addrs[0])
-		if err != nil {
-			return nil, fmt.Errorf("redis addrs: %w", err)
-		}
-		tlsConf = tlsConf.Clone()
-		tlsConf.ServerName = host
-	}
-	return &muxDialer{
-		addr:     cfg.Addrs[0],
+	d := &muxDialer{
 		username: cfg.Username,
 		password: cfg.Password,
 		db:       cfg.DB,
 		tls:      tlsConf,
 		timeout:  cfg.DialTimeout.D(),
-	}, nil
+	}
+	if cfg.Mode != "sentinel" {
+		d.addr = cfg.Addrs[0]
+		return d, nil
+	}
+	d.master = cfg.MasterName
+	for _, a := range cfg.Addrs {
+		d.sentinels = append(d.sentinels, redis.NewSentinelClient(&redis.Options{
+			Addr:            a,
+			Username:        cfg.SentinelUsername,
+			Password:        cfg.SentinelPassword,
+			TLSConfig:       tlsConf,
+			DialTimeout:     cfg.DialTimeout.D(),
+			ReadTimeout:     cfg.DialTimeout.D(),
+			WriteTimeout:    cfg.DialTimeout.D(),
+			MaxRetries:      -1,
+			PoolSize:        1,
+			Protocol:        2,
+			DisableIdentity: true,
+		}))
+	}
+	return d, nil
 }

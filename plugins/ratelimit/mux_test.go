@@ -354,3 +354,44 @@ func FuzzParseReply(f *testing.F) {
 		}
 	})
 }
+
+// TestMuxSentinelFailover: in sentinel mode the connection goes to the
+// master the sentinels name; after the master is killed and another
+// elected, it is redialed to the new one and decisions are Redis' again.
+func TestMuxSentinelFailover(t *testing.T) {
+	backing.MustRequire(t, backing.RedisServer, backing.RedisSentinel)
+	sg := backing.MustSentinel(t, backing.SentinelOptions{Password: "s3cret"})
+	e := newEnv(t, redisCfg(t, sg.SentinelAddrs()[0], func(r *Config) {
+		r.Mode, r.Addrs, r.MasterName, r.Password = "sentinel", sg.SentinelAddrs(), sg.MasterName(), "s3cret"
+		r.Timeout = core.Duration(time.Second)
+	}))
+	if e.rl.batch == nil || e.rl.batch.mux == nil {
+		t.Fatal("got no multiplexed connection in sentinel mode, want one by default")
+	}
+	m := e.rl.batch.mux
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	master, err := sg.MasterAddr(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a decision by Redis", func() bool { return evalOne(e.rl, "edge:rl:{t||a:s}") == nil })
+	if got := m.conn.Load().c.RemoteAddr().String(); got != master {
+		t.Fatalf("got a connection to %s, want the master %s", got, master)
+	}
+	old, err := sg.KillMaster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := sg.WaitNewMaster(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a decision by the new master", func() bool {
+		if evalOne(e.rl, "edge:rl:{t||a:s}") != nil {
+			return false
+		}
+		mc := m.conn.Load()
+		return mc != nil && mc.c.RemoteAddr().String() == next
+	})
+}
