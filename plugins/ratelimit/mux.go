@@ -723,7 +723,7 @@ func appendArrayLen(b []byte, n int) []byte {
 	return append(b, '\r', '\n')
 }
 
-func appendBulk(b []byte, s string) []byte {
+func appendBulk[T string | []byte](b []byte, s T) []byte {
 	b = append(b, '$')
 	b = strconv.AppendInt(b, int64(len(s)), 10)
 	b = append(b, '\r', '\n')
@@ -733,12 +733,7 @@ func appendBulk(b []byte, s string) []byte {
 
 func appendBulkInt(b []byte, n int64) []byte {
 	var tmp [20]byte
-	s := strconv.AppendInt(tmp[:0], n, 10)
-	b = append(b, '$')
-	b = strconv.AppendInt(b, int64(len(s)), 10)
-	b = append(b, '\r', '\n')
-	b = append(b, s...)
-	return append(b, '\r', '\n')
+	return appendBulk(b, strconv.AppendInt(tmp[:0], n, 10))
 }
 
 // appendArg encodes one argument as a bulk string, as go-redis would
@@ -769,11 +764,7 @@ func appendArg(b []byte, a any) []byte {
 	default:
 		s = fmt.Append(tmp[:0], v)
 	}
-	b = append(b, '$')
-	b = strconv.AppendInt(b, int64(len(s)), 10)
-	b = append(b, '\r', '\n')
-	b = append(b, s...)
-	return append(b, '\r', '\n')
+	return appendBulk(b, s)
 }
 
 // parseReply reads one RESP2 reply at the start of b. It returns the bytes
