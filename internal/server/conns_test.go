@@ -537,6 +537,13 @@ func TestStalledHalfFramesAreReleased(t *testing.T) {
 	if p := peak.Load(); p > lim.MaxFrameMemory {
 		t.Errorf("frame memory peak: got %d, want at most %d", p, lim.MaxFrameMemory)
 	}
+	// Chunks given back go to the free list, which the budget hands back
+	// to the OS at most every releaseEvery (2s, by a timer): right after
+	// the last connection closed a chunk can still be counted (seen once
+	// in CI: 262144 in use). A leak stays: wait for the release, bounded.
+	for deadline := time.Now().Add(5 * time.Second); ts.budget.inUse() != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if u := ts.budget.inUse(); u != 0 {
 		t.Errorf("frame memory after the connections closed: got %d, want 0", u)
 	}
