@@ -312,13 +312,7 @@ func (b *batcher) drain(batch []*evalReq) []*evalReq {
 // node), retries the NOSCRIPT ones with EVAL, which also loads the script,
 // and hands each caller its answer.
 func (b *batcher) send(batch []*evalReq) {
-	deadline := batch[0].deadline
-	for _, r := range batch[1:] {
-		if r.deadline.After(deadline) {
-			deadline = r.deadline
-		}
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), latestDeadline(batch))
 	defer cancel()
 	b.busy.Add(1)
 	defer b.busy.Add(-1)
@@ -340,6 +334,25 @@ func (b *batcher) send(batch []*evalReq) {
 		if r.done != nil {
 			r.done <- r.result()
 		}
+	}
+}
+
+// latestDeadline is the latest of the deadlines of batch (not empty): the
+// bound of a round trip made for all of them.
+func latestDeadline(batch []*evalReq) time.Time {
+	deadline := batch[0].deadline
+	for _, r := range batch[1:] {
+		if r.deadline.After(deadline) {
+			deadline = r.deadline
+		}
+	}
+	return deadline
+}
+
+// failAll answers every request of batch with err.
+func failAll(batch []*evalReq, err error) {
+	for _, r := range batch {
+		r.done <- evalResult{err: err}
 	}
 }
 

@@ -263,7 +263,7 @@ type mux struct {
 
 func newMux(b *batcher, d *muxDialer) *mux {
 	m := &mux{b: b, dialer: d, stall: max(4*b.timeout, 100*time.Millisecond)}
-	err := error(errNoConn)
+	err := errors.New("no dial has ended yet") // read by down, as "not connected: ..."
 	m.lastErr.Store(&err)
 	return m
 }
@@ -397,10 +397,7 @@ func (m *mux) write(batch []*evalReq) {
 		mc = m.awaitDial(batch)
 	}
 	if mc == nil {
-		err := m.down()
-		for _, r := range batch {
-			r.done <- evalResult{err: err}
-		}
+		failAll(batch, m.down())
 		m.redial()
 		return
 	}
@@ -413,10 +410,7 @@ func (m *mux) write(batch []*evalReq) {
 	m.wbuf = b
 	if !mc.push(batch, m.stall) {
 		// closed under us: its reader failed the others; these never left
-		err := m.down()
-		for _, r := range batch {
-			r.done <- evalResult{err: err}
-		}
+		failAll(batch, m.down())
 		return
 	}
 	m.b.stats.roundTrips.Add(1)
@@ -441,13 +435,7 @@ func (m *mux) awaitDial(batch []*evalReq) *muxConn {
 	if ch == nil {
 		return nil
 	}
-	deadline := batch[0].deadline
-	for _, r := range batch[1:] {
-		if r.deadline.After(deadline) {
-			deadline = r.deadline
-		}
-	}
-	t := time.NewTimer(time.Until(deadline))
+	t := time.NewTimer(time.Until(latestDeadline(batch)))
 	defer t.Stop()
 	select {
 	case <-*ch:
@@ -489,9 +477,7 @@ func (m *mux) fail(mc *muxConn, err error) {
 	m.conn.CompareAndSwap(mc, nil)
 	m.lastErr.Store(&err)
 	_ = mc.c.Close()
-	for _, r := range waiting {
-		r.done <- evalResult{err: err}
-	}
+	failAll(waiting, err)
 	m.redial()
 }
 
@@ -499,6 +485,7 @@ func (m *mux) fail(mc *muxConn, err error) {
 func (m *mux) reader(mc *muxConn) {
 	defer m.rwg.Done()
 	buf := make([]byte, 0, muxReadSize)
+	var done []*evalReq
 	for {
 		if len(buf) == cap(buf) {
 			nb := make([]byte, len(buf), 2*cap(buf))
@@ -507,7 +494,7 @@ func (m *mux) reader(mc *muxConn) {
 		}
 		n, err := mc.c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		used, perr := m.consume(mc, buf)
+		used, perr := m.consume(mc, buf, &done)
 		if perr != nil {
 			m.fail(mc, perr)
 			return
@@ -554,15 +541,41 @@ func (m *mux) overdue(mc *muxConn) bool {
 }
 
 // consume parses the complete replies at the start of buf, hands them to
-// the requests waiting on mc, and returns the bytes used.
-func (m *mux) consume(mc *muxConn, buf []byte) (int, error) {
-	used := 0
-	demoted := false
-	var done []*evalReq
+// the requests waiting on mc, and returns the bytes used. done is the
+// reader's own slice for the requests completed, reused from read to
+// read.
+func (m *mux) consume(mc *muxConn, buf []byte, done *[]*evalReq) (int, error) {
+	used, demoted, err := mc.take(buf, done)
+	if used > 0 {
+		m.b.lastReply.Store(m.b.mono())
+	}
+	for _, r := range *done {
+		m.complete(r)
+	}
+	clear(*done)
+	*done = (*done)[:0]
+	if err != nil {
+		return used, err
+	}
+	if demoted {
+		// The server is a replica now (a Sentinel failover): redial, which
+		// asks the sentinels for the new master.
+		return used, errors.New("redis mux: the server answered READONLY (a replica now)")
+	}
+	return used, nil
+}
+
+// take parses the complete replies at the start of buf, with mc's lock
+// held once for them all, and records each on the oldest request waiting;
+// the requests whose last reply it was are appended to done. demoted: one
+// of the replies was READONLY.
+func (mc *muxConn) take(buf []byte, done *[]*evalReq) (used int, demoted bool, err error) {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
 	for used < len(buf) {
 		rep, n, err := parseReply(buf[used:], 0)
 		if err != nil {
-			return used, err
+			return used, demoted, err
 		}
 		if n == 0 {
 			break
@@ -571,31 +584,17 @@ func (m *mux) consume(mc *muxConn, buf []byte) (int, error) {
 		if rep.err != nil && redis.HasErrorPrefix(rep.err, "READONLY") {
 			demoted = true
 		}
-		mc.mu.Lock()
 		if mc.head == len(mc.inflight) {
-			mc.mu.Unlock()
-			return used, fmt.Errorf("%w: a reply nobody asked for", errProtocol)
+			return used, demoted, fmt.Errorf("%w: a reply nobody asked for", errProtocol)
 		}
 		r := mc.inflight[mc.head]
 		if r.take(rep) {
 			mc.inflight[mc.head] = nil
 			mc.head++
-			done = append(done, r)
+			*done = append(*done, r)
 		}
-		mc.mu.Unlock()
 	}
-	if used > 0 {
-		m.b.lastReply.Store(m.b.mono())
-	}
-	for _, r := range done {
-		m.complete(r)
-	}
-	if demoted {
-		// The server is a replica now (a Sentinel failover): redial, which
-		// asks the sentinels for the new master.
-		return used, errors.New("redis mux: the server answered READONLY (a replica now)")
-	}
-	return used, nil
+	return used, demoted, nil
 }
 
 // complete delivers r's result, or sends a script Redis did not know again
