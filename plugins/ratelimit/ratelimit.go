@@ -127,7 +127,8 @@ func WithClock(now func() time.Time) Option {
 
 // New builds the plugin from the runner's redis section. It does not wait
 // on Redis: connections are made in the background (go-redis' pool opens
-// min_idle_conns at once, Start probes) or by the first requests.
+// min_idle_conns at once, the multiplexed connection is dialed, Start
+// probes) or by the first requests.
 func New(cfg Config, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	// go-redis logs pool failures (one line per failed dial) on stderr,
 	// which APISIX copies into error.log: fold them into the throttle,
@@ -181,7 +182,8 @@ func New(cfg Config, deps core.Deps, opts ...Option) (*RateLimit, error) {
 	r.back.SetDetail("pipeline", cfg.PipelineOn())
 	r.back.SetDetail("multiplex", cfg.MultiplexOn())
 	if cfg.PipelineOn() {
-		// Goroutines only: they wait on the queue and dial nothing.
+		// Goroutines: the workers wait on the queue and dial nothing; the
+		// multiplexed connection's dialer starts at once, in the background.
 		var dialer *muxDialer
 		if cfg.MultiplexOn() {
 			if dialer, err = newMuxDialer(cfg); err != nil {
