@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,5 +105,35 @@ func TestSIGTERMShutsDownCleanly(t *testing.T) {
 	}
 	if _, err := os.Stat(r.SocketPath()); !os.IsNotExist(err) {
 		t.Errorf("got socket stat error %v, want the socket removed", err)
+	}
+}
+
+// TestRuntimeMaxProcs: runtime.max_procs sets the built runner's
+// GOMAXPROCS (APISIX passes no GOMAXPROCS of its own), and a GOMAXPROCS
+// that nginx_config.envs hands the runner wins over it; the runner's
+// /metrics shows the setting (go_sched_gomaxprocs_threads).
+func TestRuntimeMaxProcs(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		cfg  string
+		env  []string
+		want string
+	}{
+		{"field", "runtime:\n  max_procs: 1\n", nil, "1"},
+		{"environment wins", "runtime:\n  max_procs: 1\n", []string{"GOMAXPROCS=3"}, "3"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := startWithAdmin(t, tt.cfg+"clickhouse:\n  ingest:\n    listen: \"off\"\n", testbed.RunnerOptions{ExtraEnv: tt.env})
+			_, body := get(t, env.admin+"/metrics")
+			m := regexp.MustCompile(`(?m)^go_sched_gomaxprocs_threads (\d+)$`).FindStringSubmatch(body)
+			if m == nil {
+				t.Fatal("/metrics: no go_sched_gomaxprocs_threads")
+			}
+			if m[1] != tt.want {
+				t.Errorf("go_sched_gomaxprocs_threads: got %s, want %s", m[1], tt.want)
+			}
+		})
 	}
 }

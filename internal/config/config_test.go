@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -47,6 +48,14 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "gc_percent below -1", doc: "runtime:\n  gc_percent: -5\n", wantErr: "runtime.gc_percent: must be -1 (off) or between 1 and 10000, got -5"},
 		{name: "memory_limit too small", doc: "runtime:\n  memory_limit: 1000\n", wantErr: "runtime.memory_limit: must be -1 (none) or at least 67108864 (64 MiB), got 1000"},
+		{name: "max_procs negative", doc: "runtime:\n  max_procs: -1\n", wantErr: "runtime.max_procs: must be 0 (Go's choice) or between 1 and 1024, got -1"},
+		{name: "max_procs too many", doc: "runtime:\n  max_procs: 5000\n", wantErr: "runtime.max_procs: must be 0 (Go's choice) or between 1 and 1024, got 5000"},
+		{name: "max_procs default is Go's", doc: "", check: func(c *Config) string {
+			if c.Runtime.MaxProcs != 0 {
+				return fmt.Sprintf("runtime.max_procs: got %d, want 0", c.Runtime.MaxProcs)
+			}
+			return ""
+		}},
 		{name: "collector off without a limit", doc: "runtime:\n  gc_percent: -1\n  memory_limit: -1\n", wantErr: "runtime.gc_percent: -1 (off) needs a runtime.memory_limit"},
 		{name: "collector off under a limit", doc: "runtime:\n  gc_percent: -1\n  memory_limit: 536870912\n", check: func(c *Config) string {
 			if c.Runtime.GCPercent != -1 || c.Runtime.MemoryLimit != 512<<20 {
@@ -92,33 +101,41 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// TestRuntimeApply: the fields set the collector, unless GOGC or
-// GOMEMLIMIT is in the environment.
+// TestRuntimeApply: the fields set the collector and the number of
+// threads, unless GOGC, GOMEMLIMIT or GOMAXPROCS is in the environment.
+// procs 0 in a row leaves the threads as they were (here 3, set before each
+// row, a value no field of the rows uses).
 func TestRuntimeApply(t *testing.T) {
 	prevGC := debug.SetGCPercent(100)
 	prevLimit := debug.SetMemoryLimit(math.MaxInt64)
-	defer func() { debug.SetGCPercent(prevGC); debug.SetMemoryLimit(prevLimit) }()
+	prevProcs := runtime.GOMAXPROCS(0)
+	defer func() { debug.SetGCPercent(prevGC); debug.SetMemoryLimit(prevLimit); runtime.GOMAXPROCS(prevProcs) }()
 	tests := []struct {
 		name      string
 		rt        Runtime
 		env       map[string]string
 		wantGC    int
 		wantLimit int64
+		wantProcs int
 	}{
-		{"fields", Runtime{GCPercent: 400, MemoryLimit: 1 << 30}, nil, 400, 1 << 30},
-		{"no limit", Runtime{GCPercent: 250, MemoryLimit: -1}, nil, 250, math.MaxInt64},
-		{"environment wins", Runtime{GCPercent: 400, MemoryLimit: 1 << 30}, map[string]string{"GOGC": "100", "GOMEMLIMIT": "2GiB"}, 100, math.MaxInt64},
+		{"fields", Runtime{GCPercent: 400, MemoryLimit: 1 << 30, MaxProcs: 1}, nil, 400, 1 << 30, 1},
+		{"no limit", Runtime{GCPercent: 250, MemoryLimit: -1}, nil, 250, math.MaxInt64, 3},
+		{"environment wins", Runtime{GCPercent: 400, MemoryLimit: 1 << 30, MaxProcs: 2}, map[string]string{"GOGC": "100", "GOMEMLIMIT": "2GiB", "GOMAXPROCS": "4"}, 100, math.MaxInt64, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			debug.SetGCPercent(100)
 			debug.SetMemoryLimit(math.MaxInt64)
+			runtime.GOMAXPROCS(3)
 			tt.rt.Apply(func(k string) string { return tt.env[k] })
 			if got := debug.SetGCPercent(100); got != tt.wantGC {
 				t.Errorf("got gc percent %d, want %d", got, tt.wantGC)
 			}
 			if got := debug.SetMemoryLimit(-1); got != tt.wantLimit {
 				t.Errorf("got memory limit %d, want %d", got, tt.wantLimit)
+			}
+			if got := runtime.GOMAXPROCS(0); got != tt.wantProcs {
+				t.Errorf("got GOMAXPROCS %d, want %d", got, tt.wantProcs)
 			}
 		})
 	}
