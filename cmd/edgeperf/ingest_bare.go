@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+)
+
+// bareSameRows is the physical limit of the ingest's own rows: one row the
+// runner inserted (read back from its table, every column) is inserted
+// again, 10000 copies a batch (distinct request ids), into a table of the
+// same structure, with the bare insert's client (native, lz4, one
+// connection, column-wise appends) and for as long. The bare insert of
+// the limits sends slimmer rows (one header each way, the columns of
+// post-resp only); this one costs ClickHouse what the ingest's rows cost
+// it.
+func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) error {
+	const table = "edgeperf_bare_rows"
+	if err := e.ch.Exec(ctx, "CREATE TABLE default."+table+" AS default."+ingestTable); err != nil {
+		return fmt.Errorf("bare insert of the ingest's rows: create table: %w", err)
+	}
+	defer func() { _ = e.ch.Exec(context.Background(), "DROP TABLE default."+table) }()
+	opts := e.ch.ClientOptions()
+	opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+	opts.MaxOpenConns = 1
+	conn, err := clickhouse.Open(opts)
+	if err != nil {
+		return fmt.Errorf("bare insert of the ingest's rows: %w", err)
+	}
+	defer conn.Close()
+	rows, err := conn.Query(ctx, "SELECT * FROM default."+ingestTable+" LIMIT 1")
+	if err != nil {
+		return fmt.Errorf("bare insert of the ingest's rows: read a row: %w", err)
+	}
+	types := rows.ColumnTypes()
+	vals := make([]any, len(types))
+	for i, ct := range types {
+		vals[i] = reflect.New(ct.ScanType()).Interface()
+	}
+	if !rows.Next() {
+		rows.Close()
+		return fmt.Errorf("bare insert of the ingest's rows: the ingest's table is empty")
+	}
+	if err := rows.Scan(vals...); err != nil {
+		rows.Close()
+		return fmt.Errorf("bare insert of the ingest's rows: read a row: %w", err)
+	}
+	rows.Close()
+	const batch = 10000
+	names := make([]string, len(types))
+	cols := make([]any, len(types))
+	for i, ct := range types {
+		names[i] = ct.Name()
+		v := reflect.ValueOf(vals[i]).Elem()
+		col := reflect.MakeSlice(reflect.SliceOf(v.Type()), batch, batch)
+		for k := 0; k < batch; k++ {
+			if ct.Name() == "request_id" && v.Kind() == reflect.String {
+				col.Index(k).SetString("bare-" + strconv.Itoa(k))
+				continue
+			}
+			col.Index(k).Set(v)
+		}
+		cols[i] = col.Interface()
+	}
+	query := "INSERT INTO default." + table + " (" + strings.Join(names, ", ") + ")"
+	send := func() error {
+		b, err := conn.PrepareBatch(ctx, query)
+		if err != nil {
+			return fmt.Errorf("bare insert of the ingest's rows: prepare: %w", err)
+		}
+		for i, c := range cols {
+			if err := b.Column(i).Append(c); err != nil {
+				_ = b.Abort()
+				return fmt.Errorf("bare insert of the ingest's rows: column %s: %w", names[i], err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			return fmt.Errorf("bare insert of the ingest's rows: send: %w", err)
+		}
+		return nil
+	}
+	if err := send(); err != nil { // unmeasured: the dial and handshake
+		return err
+	}
+	n := 0
+	start := time.Now()
+	for time.Since(start) < o.insertFor || n == 0 {
+		if err := send(); err != nil {
+			return err
+		}
+		n += batch
+	}
+	took := time.Since(start)
+	got, err := e.ch.Count(ctx, "default."+table)
+	if err != nil {
+		return fmt.Errorf("bare insert of the ingest's rows: %w", err)
+	}
+	if int(got) != n+batch {
+		return fmt.Errorf("bare insert of the ingest's rows: %d rows in the table, want %d", got, n+batch)
+	}
+	res.bareRows, res.bareTime, res.bareCols = n, took, len(names)
+	return nil
+}
