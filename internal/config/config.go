@@ -143,7 +143,7 @@ type Runtime struct {
 	// cores with nginx's workers and Redis; with more than one thread,
 	// every hand-off between goroutines can wake an idle thread that spins
 	// for work and sleeps again. Measured on a 2-core VM (edgeperf, README):
-	// 1 cut the runner's CPU per Redis decision by 5-26% at c=64 and by
+	// 1 cut the runner's CPU per Redis decision by 6-26% at c=64 and by
 	// about a quarter at c=1, with the ratelimit ratios within noise; but
 	// one thread also bounds the work that needs CPU in bursts: cold RS256
 	// verifications (jwtcache misses) lost about a quarter of their
