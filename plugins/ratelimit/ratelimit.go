@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -522,10 +524,7 @@ func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request, d *decision) {
 		if v == "" {
 			fellBack = fellBack || p.kind != keyAddr
 			if addr == "" {
-				addr = "a:unknown"
-				if ip := req.SrcIP(); ip != nil {
-					addr = "a:" + ip.String()
-				}
+				addr = addrPart(req.SrcIP())
 			}
 			vals[i] = addr
 			continue
@@ -550,8 +549,22 @@ func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request, d *decision) {
 		d.unlimited = true
 		return
 	}
+	// The hash tag {ns|tenant|common parts}, then each rule's suffix and
+	// parts of its own. A lone rule's key is built in one string (the
+	// common case: one allocation instead of two).
+	n := len(r.cfg.KeyPrefix) + len(c.ns) + len(tenant) + 4
+	for _, i := range c.common {
+		n += len(vals[i]) + 1
+	}
+	lone := len(c.rules) == 1
+	if lone {
+		n += len(c.rules[0].suffix)
+		for _, p := range c.rules[0].rest {
+			n += len(vals[p]) + 1
+		}
+	}
 	var b strings.Builder
-	b.Grow(len(r.cfg.KeyPrefix) + len(c.ns) + len(tenant) + 32)
+	b.Grow(n)
 	b.WriteString(r.cfg.KeyPrefix)
 	b.WriteByte('{')
 	b.WriteString(c.ns)
@@ -565,21 +578,25 @@ func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request, d *decision) {
 		b.WriteString(vals[i])
 	}
 	b.WriteByte('}')
-	tag := b.String()
+	tagLen := b.Len()
+	if lone {
+		writeRuleKey(&b, &c.rules[0], &vals)
+	}
+	built := b.String()
+	tag := built[:tagLen]
 	var costs costMemo
 	d.n = len(c.rules)
 	for i := range c.rules {
 		ru := &c.rules[i]
 		key := tag
-		if ru.suffix != "" || len(ru.rest) > 0 {
-			b.Reset()
-			b.WriteString(tag)
-			b.WriteString(ru.suffix)
-			for _, p := range ru.rest {
-				b.WriteByte('|')
-				b.WriteString(vals[p])
-			}
-			key = b.String()
+		if lone {
+			key = built
+		} else if ru.suffix != "" || len(ru.rest) > 0 {
+			var kb strings.Builder
+			kb.Grow(len(tag) + len(ru.suffix) + 32)
+			kb.WriteString(tag)
+			writeRuleKey(&kb, ru, &vals)
+			key = kb.String()
 		}
 		d.keys[i] = key
 		d.limit[i], d.window[i] = ru.limit, ru.window
@@ -601,6 +618,28 @@ func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request, d *decision) {
 			d.window[0] = o.window
 		}
 	}
+}
+
+// writeRuleKey writes what follows the hash tag in rule ru's key: its
+// suffix and the key parts of its own.
+func writeRuleKey(b *strings.Builder, ru *rule, vals *[maxRules * maxKeyParts]string) {
+	b.WriteString(ru.suffix)
+	for _, p := range ru.rest {
+		b.WriteByte('|')
+		b.WriteString(vals[p])
+	}
+}
+
+// addrPart is the key part of a client address: "a:" and the address
+// (IPv4 dotted, IPv6 in its RFC 5952 form, as net.IP.String writes them),
+// in one allocation; "a:unknown" without one.
+func addrPart(ip net.IP) string {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return "a:unknown"
+	}
+	var buf [2 + 39]byte
+	return string(a.Unmap().AppendTo(append(buf[:0], "a:"...)))
 }
 
 // costMemo keeps the last cost source read for one request, so that rules

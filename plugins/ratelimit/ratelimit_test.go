@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -428,5 +429,36 @@ func TestBreakerClosesAfterRestart(t *testing.T) {
 	}
 	if got := e.st.Backend(BackendName).State(); got != core.StateOK {
 		t.Errorf("got /status %s, want ok", got)
+	}
+}
+
+// TestAddrPart: a client address' key part is what it was when it was
+// built with net.IP.String (the counters in Redis keep their keys across
+// the upgrade), for every form SrcIP can take.
+func TestAddrPart(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		ip   net.IP
+		want string
+	}{
+		{"ipv4, 4 bytes", net.IP{192, 0, 2, 9}, "a:192.0.2.9"},
+		{"ipv4, 16 bytes", net.ParseIP("192.0.2.9"), "a:192.0.2.9"},
+		{"ipv6", net.ParseIP("2001:db8::1"), "a:2001:db8::1"},
+		{"ipv6, longest zero run compressed", net.ParseIP("2001:db8:0:0:1:0:0:1"), "a:2001:db8::1:0:0:1"},
+		{"ipv6 loopback", net.IPv6loopback, "a:::1"},
+		{"ipv4-compatible-looking ipv6", net.ParseIP("::102:304"), "a:::102:304"},
+		{"unspecified", net.IPv6unspecified, "a:::"},
+		{"none", nil, "a:unknown"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := addrPart(tt.ip); got != tt.want {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+			if tt.ip != nil {
+				if old := "a:" + tt.ip.String(); addrPart(tt.ip) != old {
+					t.Errorf("got %q, net.IP.String gives %q", addrPart(tt.ip), old)
+				}
+			}
+		})
 	}
 }
