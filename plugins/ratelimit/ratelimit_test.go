@@ -462,3 +462,22 @@ func TestAddrPart(t *testing.T) {
 		})
 	}
 }
+
+// FuzzAddrPart: the source address comes from APISIX's frame as raw
+// bytes. Any of them gives a key part without a panic: for 4 or 16 bytes
+// the text net.IP.String gives, otherwise "a:unknown".
+func FuzzAddrPart(f *testing.F) {
+	f.Add([]byte{192, 0, 2, 9})
+	f.Add([]byte(net.ParseIP("2001:db8::1")))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got := addrPart(net.IP(b))
+		want := "a:unknown"
+		if len(b) == net.IPv4len || len(b) == net.IPv6len {
+			want = "a:" + net.IP(b).String()
+		}
+		if got != want {
+			t.Fatalf("addrPart(%v): got %q, want %q", b, got, want)
+		}
+	})
+}
