@@ -399,7 +399,8 @@ func (r *RateLimit) RequestFilter(conf any, w http.ResponseWriter, req pkgHTTP.R
 	if !ok {
 		return // the guard answers invalid confs; nothing else reaches here
 	}
-	d := &decision{}
+	var local decision
+	d := &local
 	r.identify(c, req, d)
 	if d.unlimited {
 		r.count(outUnlimited)
@@ -431,13 +432,20 @@ func (r *RateLimit) RequestFilter(conf any, w http.ResponseWriter, req pkgHTTP.R
 		r.reject(c, w, d, worst, r.brk.Load() != 0 || r.failing.Load())
 		return
 	}
+	// Only a Redis decision needs the decision on the heap (the batcher's
+	// request refers to it): the local ones above keep it on the stack.
+	r.decideRemote(c, w, req, onHeap(d), now, shadow)
+}
+
+// decideRemote decides d by Redis (RequestFilter's last step).
+func (r *RateLimit) decideRemote(c *Conf, w http.ResponseWriter, req pkgHTTP.Request, d *decision, now time.Time, shadow bool) {
 	allowed, err := r.eval(c, d, now)
 	if err != nil {
 		r.degraded(c, w, req, d, now, err, shadow)
 		return
 	}
 	if !allowed {
-		worst = -1
+		worst := -1
 		for i := 0; i < d.n; i++ {
 			v := d.v[i]
 			if v.fits {
@@ -618,6 +626,13 @@ func (r *RateLimit) identify(c *Conf, req pkgHTTP.Request, d *decision) {
 			d.window[0] = o.window
 		}
 	}
+}
+
+// onHeap returns a heap copy of d.
+func onHeap(d *decision) *decision {
+	h := new(decision)
+	*h = *d
+	return h
 }
 
 // writeRuleKey writes what follows the hash tag in rule ru's key: its
