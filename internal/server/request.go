@@ -102,8 +102,26 @@ func (r *request) end() {
 	r.hdr.reset()
 	r.ans.reset()
 	r.path, r.pathSet = nil, false
-	r.args, r.rawArgs, r.respHdr = nil, nil, nil
+	r.args, r.rawArgs = nil, nil
+	r.respHdr = reuseHeader(r.respHdr)
 	r.ctx, r.cancel = nil, nil
+}
+
+// maxKeptHeaders bounds a header map kept from call to call: a map that
+// held more (a plugin setting hundreds of headers) is dropped rather than
+// kept with its room.
+const maxKeptHeaders = 16
+
+// reuseHeader empties h for the next call on the same connection, keeping
+// its room (the limiter sets three or four response headers on every
+// request: a new map and its growth each time was a third of the runner's
+// allocations on that path); nil when h is nil or was large.
+func reuseHeader(h http.Header) http.Header {
+	if len(h) > maxKeptHeaders {
+		return nil
+	}
+	clear(h)
+	return h
 }
 
 func (r *request) ID() uint32 { return r.r.Id() }
@@ -152,7 +170,7 @@ func (r *request) Args() url.Values {
 
 func (r *request) RespHeader() http.Header {
 	if r.respHdr == nil {
-		r.respHdr = http.Header{}
+		r.respHdr = make(http.Header, 4)
 	}
 	return r.respHdr
 }
@@ -309,23 +327,25 @@ func (r *request) rewrite(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 // or a status makes the answer a Stop and ends the chain. Setting headers
 // alone changes nothing.
 type stopWriter struct {
-	hdr  http.Header
-	body []byte
-	code int
-	ans  entryList // the Stop's headers, kept between calls
+	hdr   http.Header
+	body  []byte // kept between calls, emptied
+	wrote bool   // Write was called (even with nothing)
+	code  int
+	ans   entryList // the Stop's headers, kept between calls
 }
+
+// maxKeptBody bounds the body buffer kept from call to call.
+const maxKeptBody = 64 << 10
 
 func (w *stopWriter) Header() http.Header {
 	if w.hdr == nil {
-		w.hdr = http.Header{}
+		w.hdr = make(http.Header, 4)
 	}
 	return w.hdr
 }
 
 func (w *stopWriter) Write(b []byte) (int, error) {
-	if w.body == nil {
-		w.body = []byte{}
-	}
+	w.wrote = true
 	w.body = append(w.body, b...)
 	return len(b), nil
 }
@@ -337,10 +357,14 @@ func (w *stopWriter) WriteHeader(code int) {
 	}
 }
 
-func (w *stopWriter) stopped() bool { return w.body != nil || w.code != 0 }
+func (w *stopWriter) stopped() bool { return w.wrote || w.code != 0 }
 
 func (w *stopWriter) reset() {
-	w.hdr, w.body, w.code = nil, nil, 0
+	w.hdr = reuseHeader(w.hdr)
+	if cap(w.body) > maxKeptBody {
+		w.body = nil
+	}
+	w.body, w.wrote, w.code = w.body[:0], false, 0
 	w.ans.reset()
 }
 
