@@ -655,3 +655,66 @@ func TestUnguardedParseErrorFailsClosed(t *testing.T) {
 		t.Errorf("rejected confs: got %v, want 1", got)
 	}
 }
+
+// funcPlugin runs f as its request filter.
+type funcPlugin struct {
+	plugin.DefaultPlugin
+	name string
+	f    func(w http.ResponseWriter, r pkgHTTP.Request)
+}
+
+func (p *funcPlugin) Name() string                     { return p.name }
+func (p *funcPlugin) ParseConf(in []byte) (any, error) { return nil, nil }
+func (p *funcPlugin) RequestFilter(_ any, w http.ResponseWriter, r pkgHTTP.Request) {
+	p.f(w, r)
+}
+
+// TestCallsOnAConnectionShareNothing: a connection's calls reuse their
+// response-header maps and Stop body buffer, emptied; nothing a call set
+// reaches the next call's answer.
+func TestCallsOnAConnectionShareNothing(t *testing.T) {
+	plugins := map[string]plugin.Plugin{}
+	for _, p := range []*funcPlugin{
+		{name: "resp", f: func(_ http.ResponseWriter, r pkgHTTP.Request) { r.RespHeader().Set("X-One", "1") }},
+		{name: "none", f: func(http.ResponseWriter, pkgHTTP.Request) {}},
+		{name: "stopbody", f: func(w http.ResponseWriter, _ pkgHTTP.Request) {
+			w.Header().Set("X-Stop", "a")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = w.Write([]byte("first"))
+		}},
+		{name: "stopbare", f: func(w http.ResponseWriter, _ pkgHTTP.Request) { w.WriteHeader(http.StatusForbidden) }},
+		{name: "stopempty", f: func(w http.ResponseWriter, _ pkgHTTP.Request) { _, _ = w.Write(nil) }},
+	} {
+		plugins[p.name] = p
+	}
+	_, path := startServer(t, testLimits, 1, plugins)
+	c := dial(t, path)
+	tok := map[string]uint32{}
+	for name := range plugins {
+		tok[name] = c.prepare("route#"+name, name, "{}")
+	}
+	for round := range 2 {
+		a := c.reqCall(tok["resp"])
+		if a.Rewrite == nil || len(a.Rewrite.RespHeaders) != 1 || a.Rewrite.RespHeaders[0].Value != "1" {
+			t.Fatalf("round %d, resp: got %+v, want a Rewrite with X-One: 1", round, a)
+		}
+		if a := c.reqCall(tok["none"]); a.Stop != nil || a.Rewrite != nil {
+			t.Fatalf("round %d, none after resp: got %+v %+v, want no action", round, a.Stop, a.Rewrite)
+		}
+		a = c.reqCall(tok["stopbody"])
+		if a.Stop == nil || a.Stop.Status != http.StatusTooManyRequests || string(a.Stop.Body) != "first" || len(a.Stop.Headers) != 1 {
+			t.Fatalf("round %d, stopbody: got %+v, want a 429 Stop with X-Stop and body", round, a.Stop)
+		}
+		a = c.reqCall(tok["stopbare"])
+		if a.Stop == nil || a.Stop.Status != http.StatusForbidden || a.Stop.Body != nil || len(a.Stop.Headers) != 0 {
+			t.Fatalf("round %d, stopbare after stopbody: got %+v, want a 403 Stop with no header and no body", round, a.Stop)
+		}
+		if a := c.reqCall(tok["none"]); a.Stop != nil || a.Rewrite != nil {
+			t.Fatalf("round %d, none after the stops: got %+v %+v, want no action", round, a.Stop, a.Rewrite)
+		}
+		a = c.reqCall(tok["stopempty"])
+		if a.Stop == nil || a.Stop.Status != http.StatusOK || a.Stop.Body != nil {
+			t.Fatalf("round %d, stopempty: got %+v, want a 200 Stop without body (an empty Write stops)", round, a.Stop)
+		}
+	}
+}
