@@ -6,9 +6,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"time"
-
-	"github.com/ClickHouse/clickhouse-go/v2"
 )
 
 // bareSameRows is the physical limit of the ingest's own rows: one row the
@@ -25,10 +22,7 @@ func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) e
 		return fmt.Errorf("bare insert of the ingest's rows: create table: %w", err)
 	}
 	defer func() { _ = e.ch.Exec(context.Background(), "DROP TABLE default."+table) }()
-	opts := e.ch.ClientOptions()
-	opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
-	opts.MaxOpenConns = 1
-	conn, err := clickhouse.Open(opts)
+	conn, err := bareConn(e)
 	if err != nil {
 		return fmt.Errorf("bare insert of the ingest's rows: %w", err)
 	}
@@ -68,34 +62,10 @@ func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) e
 		cols[i] = col.Interface()
 	}
 	query := "INSERT INTO default." + table + " (" + strings.Join(names, ", ") + ")"
-	send := func() error {
-		b, err := conn.PrepareBatch(ctx, query)
-		if err != nil {
-			return fmt.Errorf("bare insert of the ingest's rows: prepare: %w", err)
-		}
-		for i, c := range cols {
-			if err := b.Column(i).Append(c); err != nil {
-				_ = b.Abort()
-				return fmt.Errorf("bare insert of the ingest's rows: column %s: %w", names[i], err)
-			}
-		}
-		if err := b.Send(); err != nil {
-			return fmt.Errorf("bare insert of the ingest's rows: send: %w", err)
-		}
-		return nil
+	n, took, err := timedInsert(ctx, conn, query, cols, batch, o.insertFor)
+	if err != nil {
+		return fmt.Errorf("bare insert of the ingest's rows: %w", err)
 	}
-	if err := send(); err != nil { // unmeasured: the dial and handshake
-		return err
-	}
-	n := 0
-	start := time.Now()
-	for time.Since(start) < o.insertFor || n == 0 {
-		if err := send(); err != nil {
-			return err
-		}
-		n += batch
-	}
-	took := time.Since(start)
 	got, err := e.ch.Count(ctx, "default."+table)
 	if err != nil {
 		return fmt.Errorf("bare insert of the ingest's rows: %w", err)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
 // limits are the physical limits measured on the same machine in the same
@@ -226,10 +227,7 @@ func (l *limits) chInsert(ctx context.Context, o *options, e *env) error {
 	if err := e.ch.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("bare insert: create table: %w", err)
 	}
-	opts := e.ch.ClientOptions()
-	opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
-	opts.MaxOpenConns = 1
-	conn, err := clickhouse.Open(opts)
+	conn, err := bareConn(e)
 	if err != nil {
 		return fmt.Errorf("bare insert: %w", err)
 	}
@@ -255,34 +253,9 @@ func (l *limits) chInsert(ctx context.Context, o *options, e *env) error {
 	}
 	cols := []any{ts, routeID, method, host, path, status, lat, ip, ua, rid, tenant, consumer, rqn, rqv, rsn, rsv}
 	query := "INSERT INTO default." + table + " (ts, route_id, method, host, path, status, latency_ms, client_ip, user_agent, request_id, tenant, consumer, req_header_names, req_header_values, resp_header_names, resp_header_values)"
-	send := func() error {
-		b, err := conn.PrepareBatch(ctx, query)
-		if err != nil {
-			return fmt.Errorf("bare insert: prepare: %w", err)
-		}
-		for i, c := range cols {
-			if err := b.Column(i).Append(c); err != nil {
-				_ = b.Abort()
-				return fmt.Errorf("bare insert: column %d: %w", i, err)
-			}
-		}
-		if err := b.Send(); err != nil {
-			return fmt.Errorf("bare insert: send: %w", err)
-		}
-		return nil
+	if l.insertRows, l.insertTime, err = timedInsert(ctx, conn, query, cols, batch, o.insertFor); err != nil {
+		return fmt.Errorf("bare insert: %w", err)
 	}
-	// One unmeasured batch: the connection's dial and handshake.
-	if err := send(); err != nil {
-		return err
-	}
-	start := time.Now()
-	for n := 0; n == 0 || time.Since(start) < o.insertFor; n++ {
-		if err := send(); err != nil {
-			return err
-		}
-		l.insertRows += batch
-	}
-	l.insertTime = time.Since(start)
 	got, err := e.ch.Count(ctx, "default."+table)
 	if err != nil {
 		return fmt.Errorf("bare insert: %w", err)
@@ -291,6 +264,50 @@ func (l *limits) chInsert(ctx context.Context, o *options, e *env) error {
 		return fmt.Errorf("bare insert: %d rows in the table, want %d", got, l.insertRows+batch)
 	}
 	return e.ch.Exec(ctx, "DROP TABLE default."+table)
+}
+
+// bareConn opens the bare insert's client: the native protocol with lz4
+// on one connection.
+func bareConn(e *env) (driver.Conn, error) {
+	opts := e.ch.ClientOptions()
+	opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+	opts.MaxOpenConns = 1
+	return clickhouse.Open(opts)
+}
+
+// timedInsert inserts cols (batch rows, in query's column order) one
+// batch at a time on conn: one unmeasured batch (the dial and handshake),
+// then batches for at least d. It returns the rows and the time of the
+// measured batches.
+func timedInsert(ctx context.Context, conn driver.Conn, query string, cols []any, batch int, d time.Duration) (int, time.Duration, error) {
+	send := func() error {
+		b, err := conn.PrepareBatch(ctx, query)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		for i, c := range cols {
+			if err := b.Column(i).Append(c); err != nil {
+				_ = b.Abort()
+				return fmt.Errorf("column %d: %w", i, err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		return nil
+	}
+	if err := send(); err != nil {
+		return 0, 0, err
+	}
+	rows := 0
+	start := time.Now()
+	for rows == 0 || time.Since(start) < d {
+		if err := send(); err != nil {
+			return 0, 0, err
+		}
+		rows += batch
+	}
+	return rows, time.Since(start), nil
 }
 
 var sqlComment = regexp.MustCompile(`--[^\n]*`)
