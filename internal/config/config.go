@@ -112,7 +112,8 @@ type RPC struct {
 	MaxConfs int `yaml:"max_confs"`
 }
 
-// Runtime is the runtime section: how often the garbage collector runs.
+// Runtime is the runtime section: how often the garbage collector runs, and
+// how many threads run Go code (max_procs, below).
 // The runner's live heap is small (megabytes) while every request
 // allocates a few kilobytes, so with Go's default (a collection each time
 // the heap doubles) collections run tens of times a second under load:

@@ -114,8 +114,8 @@ const maxKeptHeaders = 16
 
 // reuseHeader empties h for the next call on the same connection, keeping
 // its room (the limiter sets three or four response headers on every
-// request: a new map and its growth each time was a third of the runner's
-// allocations on that path); nil when h is nil or was large.
+// request; a new map per call, with the Stop body's buffer, was 4 of the 11
+// allocations of BenchmarkDispatch/stop); nil when h is nil or was large.
 func reuseHeader(h http.Header) http.Header {
 	if len(h) > maxKeptHeaders {
 		return nil
