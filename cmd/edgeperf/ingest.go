@@ -377,10 +377,7 @@ func (r *report) writeIngest(p func(string, ...any)) {
 			return
 		}
 	}
-	bare := 0.0
-	if l := r.limits; l != nil && l.insertTime > 0 {
-		bare = float64(l.insertRows) / l.insertTime.Seconds()
-	}
+	bare := r.limits.insertRowsPerSec()
 	p("| batches | entries | accepted in | all inserted in | rows/s end to end | bare insert rows/s (this run) | ratio | bare insert of the ingest's rows | ratio | dropped | refused batches | runner CPU per row |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ratio := "n/a"
 	if bare > 0 {

@@ -266,6 +266,15 @@ func (l *limits) chInsert(ctx context.Context, o *options, e *env) error {
 	return e.ch.Exec(ctx, "DROP TABLE default."+table)
 }
 
+// insertRowsPerSec is the bare insert's rate, 0 when it was not measured
+// (l nil included).
+func (l *limits) insertRowsPerSec() float64 {
+	if l == nil || l.insertTime <= 0 {
+		return 0
+	}
+	return float64(l.insertRows) / l.insertTime.Seconds()
+}
+
 // bareConn opens the bare insert's client: the native protocol with lz4
 // on one connection.
 func bareConn(e *env) (driver.Conn, error) {

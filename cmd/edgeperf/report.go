@@ -270,8 +270,8 @@ func (r *report) writeLimits(p func(string, ...any)) {
 	p("**ClickHouse: bare batch insert.** Batches of %d rows into a table created from `conf/clickhouse-schema.sql` (the logger's columns), native protocol, lz4, one connection, column-wise appends: ", l.insertBatch)
 	if l.insertErr != nil {
 		p("ERROR: %s\n\n", mdCell(l.insertErr.Error()))
-	} else if l.insertTime > 0 {
-		p("**%.0f rows/s** (%d rows in %s).\n\n", float64(l.insertRows)/l.insertTime.Seconds(), l.insertRows, l.insertTime.Round(time.Millisecond))
+	} else if v := l.insertRowsPerSec(); v > 0 {
+		p("**%.0f rows/s** (%d rows in %s).\n\n", v, l.insertRows, l.insertTime.Round(time.Millisecond))
 	} else {
 		p("not measured.\n\n")
 	}
@@ -506,8 +506,7 @@ func (r *report) verdicts() []verdict {
 		ins = append(ins, fmt.Sprintf("the logger's insert path (BenchmarkInsert) %.0f rows/s", rows))
 		insOK = rows >= 100000
 	}
-	if l := r.limits; l != nil && l.insertTime > 0 {
-		bare := float64(l.insertRows) / l.insertTime.Seconds()
+	if bare := r.limits.insertRowsPerSec(); bare > 0 {
 		ins = append(ins, fmt.Sprintf("bare batch insert %.0f rows/s", bare))
 		if rows, ok := r.micro.get("BenchmarkInsert", "rows/s"); ok && bare < rows {
 			ins = append(ins, "the bare figure is below the logger's own in this run, so it is no ceiling here: "+
@@ -524,8 +523,8 @@ func (r *report) verdicts() []verdict {
 	if in := r.ingest; in != nil && in.total > 0 && in.err == nil {
 		got := in.rowsPerSec()
 		m := fmt.Sprintf("%.0f rows/s end to end", got)
-		if l := r.limits; l != nil && l.insertTime > 0 {
-			m += fmt.Sprintf("; bare insert %.0f rows/s", float64(l.insertRows)/l.insertTime.Seconds())
+		if bare := r.limits.insertRowsPerSec(); bare > 0 {
+			m += fmt.Sprintf("; bare insert %.0f rows/s", bare)
 		}
 		if same := in.bareRowsPerSec(); same > 0 {
 			m += fmt.Sprintf("; bare insert of the ingest's own rows %.0f rows/s (%.2f× of it end to end)", same, got/same)
