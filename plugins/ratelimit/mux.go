@@ -629,14 +629,11 @@ func (r *evalReq) need() uint8 {
 
 // take records one reply of r and tells whether it was the last.
 func (r *evalReq) take(rep reply) bool {
-	switch r.kind {
-	case kindCounter:
+	if r.kind == kindCounter {
 		r.replies[r.got] = rep
-	case kindLog:
-		// Only EXEC's reply matters: an error queuing a command makes
-		// EXEC fail (EXECABORT).
-		r.replies[0] = rep
-	default:
+	} else {
+		// One reply, or for a log decision the last one kept: only EXEC's
+		// matters (an error queuing a command makes EXEC fail, EXECABORT).
 		r.replies[0] = rep
 	}
 	r.got++
