@@ -495,8 +495,11 @@ func TestStalledHalfFramesAreReleased(t *testing.T) {
 	lim := testLimits
 	lim.MaxFrameMemory = 24 << 20
 	// long enough for every stalled frame to have grown to its limit (the
-	// budget refuses the growth of some), short for the test
-	lim.FrameTimeout = 3 * time.Second
+	// budget refuses the growth of some), short for the test. 3s was not
+	// enough once in a clean-clone CI run (-race, beside the e2e and chaos
+	// suites): the six writes had not brought 24 MiB in when every frame
+	// timed out, so none was refused.
+	lim.FrameTimeout = 8 * time.Second
 	ts, path := startServer(t, lim, 1, nil)
 	const n = 6
 	var peak atomic.Int64
@@ -524,7 +527,7 @@ func TestStalledHalfFramesAreReleased(t *testing.T) {
 			hdr := []byte{typeHTTPReqCall, 0xff, 0xff, 0xff}
 			body := make([]byte, maxFrameLen-1)
 			_, _ = c.c.Write(append(hdr, body...)) // fails once the runner closes
-			_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_ = c.c.SetReadDeadline(time.Now().Add(lim.FrameTimeout + 10*time.Second))
 			if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
 				t.Errorf("stalled connection: got %v, want it closed (EOF or reset)", err)
 			}
