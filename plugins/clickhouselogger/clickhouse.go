@@ -2,6 +2,7 @@ package clickhouselogger
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -41,14 +42,19 @@ type chClient struct {
 	end    context.CancelFunc
 	probes sync.WaitGroup
 
-	// beforeInsert, tests only, is called before a batch is sent to addr.
+	squash clickhouse.Settings // of every INSERT (insertOn)
+
+	// beforeInsert, tests only, is called before a batch is sent to addr;
+	// afterBlock after each of its blocks but the last.
 	beforeInsert func(addr string)
+	afterBlock   func(addr string)
 }
 
 // newClient builds one pool per address; nothing is dialed until the first
 // insert or ping.
 func newClient(cfg Config) (*chClient, error) {
 	c := &chClient{cfg: cfg, inserts: newInsertsVec()}
+	c.squash = clickhouse.Settings{"min_insert_block_size_rows": cfg.BatchSize + 1, "min_insert_block_size_bytes": 0}
 	c.life, c.end = context.WithCancel(context.Background())
 	for _, addr := range cfg.Addrs {
 		opts := &clickhouse.Options{
@@ -73,14 +79,15 @@ func newClient(cfg Config) (*chClient, error) {
 		case "zstd":
 			opts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionZSTD}
 		}
+		var tc *tls.Config
 		if cfg.TLS.Enabled {
-			tc, err := cfg.TLS.Config()
-			if err != nil {
+			var err error
+			if tc, err = cfg.TLS.Config(); err != nil {
 				c.close()
 				return nil, fmt.Errorf("clickhouse %w", err)
 			}
-			opts.TLS = tc
 		}
+		opts.DialContext = dialer(cfg.DialTimeout.D(), cfg.ReadTimeout.D(), tc)
 		conn, err := clickhouse.Open(opts)
 		if err != nil {
 			c.close()
@@ -188,14 +195,13 @@ func (c *chClient) putColumns(cs *columns) {
 func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	cs := c.getColumns()
 	defer c.putColumns(cs)
-	cs.fill(rows, c.cfg.Ingest.Columns)
 	var retryable, refused error
 	tried := 0
 	ord := c.order(time.Now())
 	for _, s := range ord {
 		tried++
 		s.inflight.Add(1)
-		err := c.insertOn(ctx, s, table, cs)
+		err := c.insertOn(ctx, s, table, rows, cs)
 		s.inflight.Add(-1)
 		if err == nil {
 			s.ok.Inc()
@@ -231,8 +237,13 @@ func (c *chClient) insert(ctx context.Context, table string, rows []row) error {
 	return err
 }
 
-// insertOn sends the filled columns cs to one server within read_timeout.
-func (c *chClient) insertOn(ctx context.Context, s *server, table string, cs *columns) (err error) {
+// insertOn sends rows to one server within read_timeout, in blocks of at
+// most blockRows: cs holds one block at a time, filled just before it is
+// sent, and the driver's column buffers, grown by the first block, are
+// reused by the next. ClickHouse squashes the blocks of one INSERT into
+// one part at its end (settings below), so a batch is still one part,
+// written whole or not at all.
+func (c *chClient) insertOn(ctx context.Context, s *server, table string, rows []row, cs *columns) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ReadTimeout.D())
 	defer cancel()
 	if c.beforeInsert != nil {
@@ -241,6 +252,11 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string, cs *co
 	if err := c.ensureTable(ctx, s, table); err != nil {
 		return err
 	}
+	// The blocks of this INSERT are one part, written when the last has
+	// come (and none if it never comes): the server squashes them up to
+	// min_insert_block_size_rows, which no batch reaches, and no byte
+	// threshold cuts them before.
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(c.squash))
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
 	if err != nil {
 		var ex *clickhouse.Exception
@@ -256,15 +272,27 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string, cs *co
 			err = fmt.Errorf("insert into %s on %s: close: %w", table, s.addr, cerr)
 		}
 	}()
-	for i, v := range cs.values() {
-		var err error
-		if lists, ok := v.([][]string); ok {
-			err = appendLists(b.Column(i), lists)
-		} else {
-			err = b.Column(i).Append(v)
+	for lo := 0; lo < len(rows); lo += blockRows {
+		if lo > 0 {
+			// the previous block goes; its buffers take the next
+			if err := b.Flush(); err != nil {
+				return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
+			}
+			if c.afterBlock != nil {
+				c.afterBlock(s.addr)
+			}
 		}
-		if err != nil {
-			return fmt.Errorf("insert into %s: column %d: %w: %w", table, i, errEncode, err)
+		cs.fill(rows[lo:min(lo+blockRows, len(rows))], c.cfg.Ingest.Columns)
+		for i, v := range cs.values() {
+			var err error
+			if lists, ok := v.([][]string); ok {
+				err = appendLists(b.Column(i), lists)
+			} else {
+				err = b.Column(i).Append(v)
+			}
+			if err != nil {
+				return fmt.Errorf("insert into %s: column %d: %w: %w", table, i, errEncode, err)
+			}
 		}
 	}
 	if err := b.Send(); err != nil {

@@ -259,6 +259,12 @@ func (cs *columns) fill(rows []row, custom []IngestColumn) {
 	}
 }
 
+// blockRows is the most rows of one block of an INSERT: what the
+// flusher's and the driver's column buffers hold at a time, whatever
+// batch_size is. Measured through the ingest (edgeperf, 50000-row
+// batches): 4096 to 16384 cost the runner the same, 32768 more.
+const blockRows = 8192
+
 // values returns the columns in insertColumnList's order.
 func (cs *columns) values() []any {
 	v := []any{cs.ts, cs.routeID, cs.method, cs.host, cs.path, cs.status, cs.latency,

@@ -1,0 +1,62 @@
+package clickhouselogger
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// errWriteStalled: a write to ClickHouse made no progress for read_timeout.
+var errWriteStalled = errors.New("write stalled")
+
+// dialer returns the DialContext of one server's pool: TCP, or TLS when
+// tc is set, each connection wrapped in a boundedConn.
+func dialer(timeout, writeTimeout time.Duration, tc *tls.Config) func(context.Context, string) (net.Conn, error) {
+	nd := &net.Dialer{Timeout: timeout}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var conn net.Conn
+		var err error
+		if tc != nil {
+			conn, err = (&tls.Dialer{NetDialer: nd, Config: tc}).DialContext(ctx, "tcp", addr)
+		} else {
+			conn, err = nd.DialContext(ctx, "tcp", addr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &boundedConn{Conn: conn, timeout: writeTimeout}, nil
+	}
+}
+
+// boundedConn gives every write its own deadline. clickhouse-go bounds an
+// INSERT's reads, and its last write (Batch.Send closes the connection
+// when the context ends), but not the writes of the blocks before
+// (Batch.Flush): a server that stops reading, frozen with its socket
+// buffers full, would hold them, and the flusher, for ever. A write that
+// times out breaks the connection for good: the writes after it fail at
+// once, and the driver drops it on the error.
+type boundedConn struct {
+	net.Conn
+	timeout time.Duration
+	broken  atomic.Bool
+}
+
+func (c *boundedConn) Write(p []byte) (int, error) {
+	if c.broken.Load() {
+		return 0, fmt.Errorf("write: %w earlier", errWriteStalled)
+	}
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Write(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.broken.Store(true)
+		return n, fmt.Errorf("write: %w for %s: %w", errWriteStalled, c.timeout, err)
+	}
+	return n, err
+}

@@ -1,0 +1,221 @@
+package clickhouselogger
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/apisix-edge/edge-runner/testbed/backing"
+)
+
+// TestInsertInBlocks: a batch of several blocks arrives whole, in order
+// of columns and rows, as one part.
+func TestInsertInBlocks(t *testing.T) {
+	t.Parallel()
+	ch := startCH(t)
+	n := 2*blockRows + 3
+	cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  batch_size: %d\n", ch.NativeAddr(), n))
+	c, err := newClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	blocks := 1
+	c.afterBlock = func(string) { blocks++ }
+	ctx := context.Background()
+	rows := testRows(n, 1_700_000_000_000, "blk")
+	if err := c.insert(ctx, cfg.Table, rows); err != nil {
+		t.Fatal(err)
+	}
+	if blocks != 3 {
+		t.Errorf("got %d blocks, want 3", blocks)
+	}
+	conn, err := ch.Conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var parts, inParts uint64
+	if err := conn.QueryRow(ctx, "SELECT count(), sum(rows) FROM system.parts WHERE database = currentDatabase() AND table = ? AND active", cfg.Table).Scan(&parts, &inParts); err != nil {
+		t.Fatal(err)
+	}
+	if parts != 1 || inParts != uint64(n) {
+		t.Errorf("got %d parts holding %d rows, want 1 holding %d", parts, inParts, n)
+	}
+	for _, i := range []int{0, blockRows - 1, blockRows, 2 * blockRows, n - 1} {
+		r := rows[i]
+		var path string
+		var status uint16
+		var names []string
+		if err := conn.QueryRow(ctx, "SELECT path, status, req_header_names FROM "+cfg.Table+" WHERE request_id = ?", r.requestID).Scan(&path, &status, &names); err != nil {
+			t.Fatalf("row %d (%s): %v", i, r.requestID, err)
+		}
+		if path != r.path || status != r.status || fmt.Sprint(names) != fmt.Sprint(nonNil(r.reqNames)) {
+			t.Errorf("row %d: got %q %d %v, want %q %d %v", i, path, status, names, r.path, r.status, nonNil(r.reqNames))
+		}
+	}
+}
+
+// TestInsertStalledMidBatch: ClickHouse frozen after the first block of a
+// batch, its socket buffers filling with the next ones. The insert fails
+// within read_timeout of the stalled write instead of waiting for ever,
+// and once the server is thawed none of the batch is stored: it is still
+// all or nothing, and a retry stores it once.
+func TestInsertStalledMidBatch(t *testing.T) {
+	t.Parallel()
+	ch := startCH(t)
+	// uncompressed 200000-row batches: far more than loopback's socket
+	// buffers hold
+	n := 200000
+	cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  batch_size: %d\n  max_pending: %d\n  compression: none\n  read_timeout: 1s\n  dial_timeout: 1s\n", ch.NativeAddr(), n, n))
+	c, err := newClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	ctx := context.Background()
+	if err := c.insert(ctx, cfg.Table, testRows(10, 1_700_000_000_000, "before")); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	c.afterBlock = func(string) {
+		once.Do(func() {
+			if err := ch.Freeze(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	stalled := testRows(n, 1_700_000_000_000, "stalled")
+	done := make(chan error, 1)
+	go func() { done <- c.insert(ctx, cfg.Table, stalled) }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		_ = ch.Thaw()
+		t.Fatal("the insert into the frozen server still waits after 30s (read_timeout 1s)")
+	}
+	if err := ch.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		t.Fatal("an insert into a frozen server succeeded")
+	}
+	if !errors.Is(err, errWriteStalled) {
+		t.Errorf("got %v, want an error wrapping %v", err, errWriteStalled)
+	}
+	c.afterBlock = nil
+	waitFor(t, "an insert after the thaw", func() bool {
+		return c.insert(ctx, cfg.Table, testRows(10, 1_700_000_000_000, "after")) == nil
+	})
+	for _, tt := range []struct {
+		tag  string
+		want uint64
+	}{{"before", 10}, {"stalled", 0}, {"after", 10}} {
+		var got uint64
+		conn, err := ch.Conn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Table+" WHERE startsWith(request_id, ?)", tt.tag+"-").Scan(&got)
+		conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != tt.want {
+			t.Errorf("%s: got %d rows stored, want %d", tt.tag, got, tt.want)
+		}
+	}
+}
+
+// TestInsertOverTLS: the pool's own dialer (boundedConn) speaks TLS to
+// ClickHouse's secure native port, verifying the server's certificate
+// against clickhouse.tls.ca_file.
+func TestInsertOverTLS(t *testing.T) {
+	t.Parallel()
+	backing.MustRequire(t, backing.ClickHouseServer)
+	dir := t.TempDir()
+	certFile, keyFile := writeServerCert(t, dir)
+	port, err := backing.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := backing.MustClickHouse(t, backing.ClickHouseOptions{ExtraConfig: fmt.Sprintf(`<tcp_port_secure>%d</tcp_port_secure>
+    <openSSL><server>
+        <certificateFile>%s</certificateFile><privateKeyFile>%s</privateKeyFile>
+        <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>
+        <disableProtocols>sslv2,sslv3</disableProtocols>
+    </server></openSSL>`, port, certFile, keyFile)})
+	secure := fmt.Sprintf("127.0.0.1:%d", port)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name, tls string
+		wantErr   bool
+	}{
+		{"ca_file verifies the server", fmt.Sprintf("  tls:\n    enabled: true\n    ca_file: %q\n", certFile), false},
+		{"an unknown CA is refused", "  tls:\n    enabled: true\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  read_timeout: 2s\n", secure)+tt.tls)
+			c, err := newClient(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			err = c.insert(ctx, cfg.Table, testRows(5, 1_700_000_000_000, "tls"))
+			if got := err != nil; got != tt.wantErr {
+				t.Fatalf("insert: got error %v, want one: %v", err, tt.wantErr)
+			}
+			if err != nil {
+				t.Logf("refused as expected: %v", err)
+				return
+			}
+			n, err := ch.Count(ctx, cfg.Table)
+			if err != nil || n != 5 {
+				t.Errorf("got %d rows (%v), want 5", n, err)
+			}
+		})
+	}
+}
+
+// writeServerCert writes a self-signed certificate for 127.0.0.1 and its
+// key, PEM, into dir.
+func writeServerCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "clickhouse test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
