@@ -29,9 +29,9 @@ const (
 	// consumers is the number of distinct subjects of the all-three
 	// scenario: fewer than tokenCacheSize, so their tokens stay cached.
 	consumers = 64
-	// maxPending is clickhouse.max_pending: the smallest allowed for the
-	// default batch_size (10000) × 2, so that the ClickHouse-down scenario
-	// reaches the cap within its run and shows memory flat at it.
+	// maxPending is clickhouse.max_pending, small (batch_size then defaults
+	// to half of it, 10000) so that the ClickHouse-down scenario reaches
+	// the cap within its run and shows memory flat at it.
 	maxPending = 20000
 	issuerAud  = "edge-bench"
 	tableName  = "edge_access_log"

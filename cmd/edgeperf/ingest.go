@@ -79,7 +79,7 @@ func (r *ingestResult) rowsPerSec() float64 {
 // measureIngest runs the scenario. It never fails the run: errors are
 // reported in the section.
 func measureIngest(ctx context.Context, o *options, e *env, pr *progress) *ingestResult {
-	res := &ingestResult{batches: 300}
+	res := &ingestResult{batches: 2000}
 	if o.quick {
 		res.batches = 10
 	}
@@ -397,8 +397,8 @@ func (r *report) writeIngest(p func(string, ...any)) {
 		in.accept.Round(time.Millisecond), float64(in.entries)/in.accept.Seconds(), in.total.Round(time.Millisecond),
 		in.rowsPerSec(), bare, ratio, same, sameRatio, in.dropped, in.refused, cpuRow)
 	if in.bareTime > 0 {
-		p("*Bare insert of the ingest's rows*: one row the runner inserted, read back with its %d columns, inserted again after the run, %d rows in %s, 10000 copies a batch (distinct request ids) into a table of the same structure, with the bare insert's client (native, lz4, one connection, column-wise appends): what ClickHouse and the driver reach for these very rows with no HTTP, no JSON and no queue. The bare insert above sends slimmer rows (one header each way, the post-resp columns only). ",
-			in.bareCols, in.bareRows, in.bareTime.Round(time.Millisecond))
+		p("*Bare insert of the ingest's rows*: one row the runner inserted, read back with its %d columns, inserted again after the run, %d rows in %s, %d copies a batch (distinct request ids) into a table of the same structure, with the bare insert's client (native, lz4, one connection, column-wise appends): what ClickHouse and the driver reach for these very rows with no HTTP, no JSON and no queue. The bare insert above sends slimmer rows (one header each way, the post-resp columns only). ",
+			in.bareCols, in.bareRows, in.bareTime.Round(time.Millisecond), bareBatch)
 	}
 	p("Runner CPU per row is the runner process's user + system time over the run (from `/proc`), divided by the rows: decoding, the queue, the flusher's column encoding and the insert's compression and send. ")
 	if rows := in.inserted + in.dropped; rows > 0 {

@@ -10,12 +10,16 @@ import (
 
 // bareSameRows is the physical limit of the ingest's own rows: one row the
 // runner inserted (read back from its table, every column) is inserted
-// again, 10000 copies a batch (distinct request ids), into a table of the
+// again, bareBatch copies a batch (distinct request ids), into a table of the
 // same structure, with the bare insert's client (native, lz4, one
 // connection, column-wise appends) and for as long. The bare insert of
 // the limits sends slimmer rows (one header each way, the columns of
 // post-resp only); this one costs ClickHouse what the ingest's rows cost
 // it.
+// bareBatch is the rows of one bare insert: clickhouse.batch_size's
+// default, as the runner's inserts in the scenarios.
+const bareBatch = 50000
+
 func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) error {
 	const table = "edgeperf_bare_rows"
 	if err := e.ch.Exec(ctx, "CREATE TABLE default."+table+" AS default."+ingestTable); err != nil {
@@ -45,7 +49,7 @@ func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) e
 		return fmt.Errorf("bare insert of the ingest's rows: read a row: %w", err)
 	}
 	rows.Close()
-	const batch = 10000
+	const batch = bareBatch
 	names := make([]string, len(types))
 	cols := make([]any, len(types))
 	for i, ct := range types {

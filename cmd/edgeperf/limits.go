@@ -232,7 +232,7 @@ func (l *limits) chInsert(ctx context.Context, o *options, e *env) error {
 		return fmt.Errorf("bare insert: %w", err)
 	}
 	defer conn.Close()
-	const batch = 10000 // clickhouse.batch_size's default
+	const batch = bareBatch
 	l.insertBatch = batch
 	ts := make([]time.Time, batch)
 	routeID, method, host, path := make([]string, batch), make([]string, batch), make([]string, batch), make([]string, batch)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestClickHouseSection(t *testing.T) {
 			if c.DialTimeout.D() != time.Second || c.ReadTimeout.D() != 10*time.Second || c.Compression != "lz4" {
 				return "timeouts or compression defaults not applied"
 			}
-			if c.BatchSize != 10000 || c.FlushInterval.D() != time.Second || c.MaxPending != 100000 || c.CreateTable {
+			if c.BatchSize != 50000 || c.FlushInterval.D() != time.Second || c.MaxPending != 150000 || c.CreateTable {
 				return "batching defaults not applied"
 			}
 			r := c.Retries
@@ -115,6 +116,18 @@ clickhouse:
 		}},
 		{name: "max_pending below batch_size", doc: "clickhouse:\n  batch_size: 500\n  max_pending: 100\n",
 			wantErr: []string{"clickhouse.max_pending: must be >= batch_size (500), got 100"}},
+		{name: "batch_size follows a smaller max_pending", doc: "clickhouse:\n  max_pending: 20000\n", check: func(c *clickhouselogger.Config) string {
+			if c.BatchSize != 10000 {
+				return fmt.Sprintf("got batch_size %d, want 10000 (half of max_pending 20000)", c.BatchSize)
+			}
+			return ""
+		}},
+		{name: "batch_size of a max_pending of 1", doc: "clickhouse:\n  max_pending: 1\n", check: func(c *clickhouselogger.Config) string {
+			if c.BatchSize != 1 {
+				return fmt.Sprintf("got batch_size %d, want 1", c.BatchSize)
+			}
+			return ""
+		}},
 		{name: "a relative spool dir is fine while the spool is off", doc: "clickhouse:\n  spool: {dir: x}\n", check: func(c *clickhouselogger.Config) string {
 			if c.Spool.Enabled {
 				return "spool on"

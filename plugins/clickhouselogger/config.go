@@ -50,7 +50,12 @@ type Config struct {
 	// Compression of the native blocks: lz4, zstd or none. If empty, lz4.
 	Compression string `yaml:"compression"`
 	// BatchSize is the most rows in one INSERT; a full batch is flushed at
-	// once. If zero, 10000.
+	// once. If zero, 50000, or half of max_pending when that is smaller.
+	// ClickHouse spends far less per row on bigger inserts (a part each,
+	// and fewer merges after): 2.1–2.6× less CPU per row at 50000 than at
+	// 10000, measured (docs/clickhouselogger.md). The runner's memory for
+	// an insert does not grow with it: a batch is sent in blocks of 8192
+	// rows, which the server joins into one part.
 	BatchSize int `yaml:"batch_size"`
 	// FlushInterval is the longest a row waits in memory before its batch is
 	// flushed, whatever its size. If zero, 1s.
@@ -58,7 +63,9 @@ type Config struct {
 	// MaxPending bounds the rows held in memory (queued or in an insert
 	// being retried). Beyond it new rows are dropped and counted
 	// (reason queue_full), so memory stays bounded whatever ClickHouse
-	// does. A row takes about 0.5 KB. If zero, 100000. At least batch_size.
+	// does. A row takes about 0.5 KB. If zero, 150000: two batches of the
+	// default size in flight (insert_concurrency) and one filling. At
+	// least batch_size.
 	MaxPending int `yaml:"max_pending"`
 	// InsertConcurrency is how many batch INSERTs may be in flight at once,
 	// each on its own connection: while ClickHouse parses and writes one
@@ -177,14 +184,16 @@ func (x *Config) ApplyDefaults() {
 	if x.Compression == "" {
 		x.Compression = "lz4"
 	}
+	if x.MaxPending == 0 {
+		x.MaxPending = 150000
+	}
 	if x.BatchSize == 0 {
-		x.BatchSize = 10000
+		// half of a max_pending set below 100000, so that a config valid
+		// with the earlier default of 10000 stays valid
+		x.BatchSize = max(1, min(50000, x.MaxPending/2))
 	}
 	if x.FlushInterval == 0 {
 		x.FlushInterval = core.Duration(time.Second)
-	}
-	if x.MaxPending == 0 {
-		x.MaxPending = 100000
 	}
 	if x.InsertConcurrency == 0 {
 		x.InsertConcurrency = 2
