@@ -274,7 +274,13 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string, rows [
 	}()
 	for lo := 0; lo < len(rows); lo += blockRows {
 		if lo > 0 {
-			// the previous block goes; its buffers take the next
+			// The previous block goes; its buffers take the next. A write
+			// has a deadline of its own (boundedConn), not the insert's:
+			// no block starts once the insert's has passed, so an insert
+			// ends within read_timeout and one write's timeout.
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
+			}
 			if err := b.Flush(); err != nil {
 				return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
 			}

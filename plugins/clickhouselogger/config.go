@@ -52,7 +52,7 @@ type Config struct {
 	// BatchSize is the most rows in one INSERT; a full batch is flushed at
 	// once. If zero, 50000, or half of max_pending when that is smaller.
 	// ClickHouse spends far less per row on bigger inserts (a part each,
-	// and fewer merges after): 2.1–2.6× less CPU per row at 50000 than at
+	// and fewer merges after): 2.1–2.5× less CPU per row at 50000 than at
 	// 10000, measured (docs/clickhouselogger.md). The runner's memory for
 	// an insert does not grow with it: a batch is sent in blocks of 8192
 	// rows, which the server joins into one part.
