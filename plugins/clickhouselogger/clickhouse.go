@@ -268,8 +268,11 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string, rows [
 		return fmt.Errorf("insert into %s on %s: prepare: %w", table, s.addr, err)
 	}
 	defer func() {
-		if cerr := b.Close(); cerr != nil && err == nil && !b.IsSent() {
-			err = fmt.Errorf("insert into %s on %s: close: %w", table, s.addr, cerr)
+		if !b.IsSent() {
+			// An error before Send. Not Close: it would end the INSERT,
+			// and ClickHouse would store the blocks already sent. Abort
+			// drops the connection, and the server the INSERT with it.
+			_ = b.Abort()
 		}
 	}()
 	for lo := 0; lo < len(rows); lo += blockRows {

@@ -69,74 +69,96 @@ func TestInsertInBlocks(t *testing.T) {
 	}
 }
 
-// TestInsertStalledMidBatch: ClickHouse frozen after the first block of a
-// batch, its socket buffers filling with the next ones. The insert fails
-// within read_timeout of the stalled write instead of waiting for ever,
-// and once the server is thawed none of the batch is stored: it is still
-// all or nothing, and a retry stores it once.
-func TestInsertStalledMidBatch(t *testing.T) {
+// TestInsertCutMidBatch: an insert that fails after the first block of
+// its batch was sent stores none of the batch, and the server takes the
+// next batches. Cut two ways: ClickHouse frozen, its socket buffers
+// filling with the next blocks (the insert must fail within read_timeout
+// of the stalled write, not wait for ever: clickhouse-go bounds none of
+// those writes), and the insert's context ended between two blocks.
+func TestInsertCutMidBatch(t *testing.T) {
 	t.Parallel()
-	ch := startCH(t)
-	// uncompressed 200000-row batches: far more than loopback's socket
-	// buffers hold
-	n := 200000
-	cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  batch_size: %d\n  max_pending: %d\n  compression: none\n  read_timeout: 1s\n  dial_timeout: 1s\n", ch.NativeAddr(), n, n))
-	c, err := newClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	ctx := context.Background()
-	if err := c.insert(ctx, cfg.Table, testRows(10, 1_700_000_000_000, "before")); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	c.afterBlock = func(string) {
-		once.Do(func() {
-			if err := ch.Freeze(); err != nil {
-				t.Error(err)
+	for _, tt := range []struct {
+		name   string
+		cut    func(ch *backing.ClickHouse, cancel context.CancelFunc) error
+		thaw   bool
+		wantIs []error
+	}{
+		{"clickhouse frozen", func(ch *backing.ClickHouse, _ context.CancelFunc) error { return ch.Freeze() }, true,
+			[]error{errWriteStalled, context.DeadlineExceeded}},
+		{"context ended", func(_ *backing.ClickHouse, cancel context.CancelFunc) error { cancel(); return nil }, false,
+			[]error{context.Canceled}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ch := startCH(t)
+			// uncompressed 200000-row batches: far more than loopback's
+			// socket buffers hold
+			n := 200000
+			cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  batch_size: %d\n  max_pending: %d\n  compression: none\n  read_timeout: 1s\n  dial_timeout: 1s\n", ch.NativeAddr(), n, n))
+			c, err := newClient(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			ctx := context.Background()
+			if err := c.insert(ctx, cfg.Table, testRows(10, 1_700_000_000_000, "before")); err != nil {
+				t.Fatal(err)
+			}
+			cutCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var once sync.Once
+			c.afterBlock = func(string) {
+				once.Do(func() {
+					if err := tt.cut(ch, cancel); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			done := make(chan error, 1)
+			go func() { done <- c.insert(cutCtx, cfg.Table, testRows(n, 1_700_000_000_000, "cut")) }()
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				_ = ch.Thaw()
+				t.Fatal("the insert still waits after 30s (read_timeout 1s)")
+			}
+			if tt.thaw {
+				if err := ch.Thaw(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err == nil {
+				t.Fatal("the cut insert succeeded")
+			}
+			matched := false
+			for _, want := range tt.wantIs {
+				matched = matched || errors.Is(err, want)
+			}
+			if !matched {
+				t.Errorf("got %v, want an error wrapping one of %v", err, tt.wantIs)
+			}
+			c.afterBlock = nil
+			waitFor(t, "an insert after the cut", func() bool {
+				return c.insert(ctx, cfg.Table, testRows(10, 1_700_000_000_000, "after")) == nil
+			})
+			conn, err := ch.Conn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			for _, w := range []struct {
+				tag  string
+				want uint64
+			}{{"before", 10}, {"cut", 0}, {"after", 10}} {
+				var got uint64
+				if err := conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Table+" WHERE startsWith(request_id, ?)", w.tag+"-").Scan(&got); err != nil {
+					t.Fatal(err)
+				}
+				if got != w.want {
+					t.Errorf("%s: got %d rows stored, want %d", w.tag, got, w.want)
+				}
 			}
 		})
-	}
-	stalled := testRows(n, 1_700_000_000_000, "stalled")
-	done := make(chan error, 1)
-	go func() { done <- c.insert(ctx, cfg.Table, stalled) }()
-	select {
-	case err = <-done:
-	case <-time.After(30 * time.Second):
-		_ = ch.Thaw()
-		t.Fatal("the insert into the frozen server still waits after 30s (read_timeout 1s)")
-	}
-	if err := ch.Thaw(); err != nil {
-		t.Fatal(err)
-	}
-	if err == nil {
-		t.Fatal("an insert into a frozen server succeeded")
-	}
-	if !errors.Is(err, errWriteStalled) {
-		t.Errorf("got %v, want an error wrapping %v", err, errWriteStalled)
-	}
-	c.afterBlock = nil
-	waitFor(t, "an insert after the thaw", func() bool {
-		return c.insert(ctx, cfg.Table, testRows(10, 1_700_000_000_000, "after")) == nil
-	})
-	for _, tt := range []struct {
-		tag  string
-		want uint64
-	}{{"before", 10}, {"stalled", 0}, {"after", 10}} {
-		var got uint64
-		conn, err := ch.Conn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Table+" WHERE startsWith(request_id, ?)", tt.tag+"-").Scan(&got)
-		conn.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got != tt.want {
-			t.Errorf("%s: got %d rows stored, want %d", tt.tag, got, tt.want)
-		}
 	}
 }
 
