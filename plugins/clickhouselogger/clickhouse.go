@@ -42,8 +42,6 @@ type chClient struct {
 	end    context.CancelFunc
 	probes sync.WaitGroup
 
-	squash clickhouse.Settings // of every INSERT (insertOn)
-
 	// beforeInsert, tests only, is called before a batch is sent to addr;
 	// afterBlock after each of its blocks but the last.
 	beforeInsert func(addr string)
@@ -54,7 +52,6 @@ type chClient struct {
 // insert or ping.
 func newClient(cfg Config) (*chClient, error) {
 	c := &chClient{cfg: cfg, inserts: newInsertsVec()}
-	c.squash = clickhouse.Settings{"min_insert_block_size_rows": cfg.BatchSize + 1, "min_insert_block_size_bytes": 0}
 	c.life, c.end = context.WithCancel(context.Background())
 	for _, addr := range cfg.Addrs {
 		opts := &clickhouse.Options{
@@ -252,11 +249,14 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string, rows [
 	if err := c.ensureTable(ctx, s, table); err != nil {
 		return err
 	}
-	// The blocks of this INSERT are one part, written when the last has
-	// come (and none if it never comes): the server squashes them up to
-	// min_insert_block_size_rows, which no batch reaches, and no byte
-	// threshold cuts them before.
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(c.squash))
+	if len(rows) > blockRows {
+		// The blocks of this INSERT are one part, written when the last
+		// has come (and none if it never comes): the server squashes them
+		// up to min_insert_block_size_rows, which this batch does not
+		// reach, and no byte threshold cuts them before.
+		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+			"min_insert_block_size_rows": len(rows) + 1, "min_insert_block_size_bytes": 0}))
+	}
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+quoteIdent(c.cfg.Database)+"."+quoteIdent(table)+" ("+insertColumnList(c.cfg.Ingest.Columns)+")")
 	if err != nil {
 		var ex *clickhouse.Exception
