@@ -70,7 +70,7 @@ func FuzzValidateMatchesGolangJWT(f *testing.F) {
 			opts = append(opts, jwt.WithAudience(rc.audience...))
 		}
 		m := &JWTCache{now: clk.Now}
-		got := m.validate(rc, rp, newVerifiedClaims(claims))
+		got := m.validate(rc, rp, newVerifiedClaims(claims), m.now())
 		want := referenceReason(jwt.NewValidator(opts...).Validate(newVerifiedClaims(claims)))
 		if got != want {
 			t.Fatalf("claims %s, mode %d: got %q, want %q (golang-jwt)", data, mode, got, want)

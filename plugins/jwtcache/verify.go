@@ -226,7 +226,7 @@ func (m *JWTCache) verifyToken(rc *routeConf, tok *tokenText) verdict {
 		}
 		if e, ok := m.cache.Get(cacheKey{prov: rp.prov.id, hash: hash}); ok && tok.is(e.token) && m.entryValid(e, ks, now) {
 			m.hits.Inc()
-			return m.checkClaims(rc, rp, e.alg, e.claims)
+			return m.checkClaims(rc, rp, e.alg, e.claims, now)
 		}
 	}
 	token := tok.String()
@@ -256,7 +256,7 @@ func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, ha
 		if e, ok := m.cache.Get(key); ok && found.is(e.token) {
 			if m.entryValid(e, ks, now) {
 				m.hits.Inc()
-				return m.checkClaims(rc, rp, e.alg, e.claims)
+				return m.checkClaims(rc, rp, e.alg, e.claims, now)
 			}
 			m.cache.Remove(key)
 		}
@@ -295,7 +295,7 @@ func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, ha
 	if vc.expErr == nil && vc.exp != nil && vc.exp.After(now) {
 		m.cache.Add(key, &cacheEntry{token: strings.Clone(token), provID: p.id, kid: used.kid, keyFP: used.fp, alg: alg, exp: vc.exp.Time, claims: vc})
 	}
-	return m.checkClaims(rc, rp, alg, vc)
+	return m.checkClaims(rc, rp, alg, vc, now)
 }
 
 // unverifiedIssuer reads iss from the payload before verification, only to
@@ -331,11 +331,11 @@ func (m *JWTCache) entryValid(e *cacheEntry, ks *keySet, now time.Time) bool {
 
 // checkClaims runs the route's claim rules on verified claims. Each rule
 // costs nothing when the route does not use it.
-func (m *JWTCache) checkClaims(rc *routeConf, rp *routeProv, alg string, claims *verifiedClaims) verdict {
+func (m *JWTCache) checkClaims(rc *routeConf, rp *routeProv, alg string, claims *verifiedClaims, now time.Time) verdict {
 	if !rc.algs[alg] {
 		return reject(reasonBadAlg) // verified for a route that allows more algorithms
 	}
-	if r := m.validate(rc, rp, claims); r != "" {
+	if r := m.validate(rc, rp, claims, now); r != "" {
 		return reject(r)
 	}
 	if rc.maxLifetime > 0 {
@@ -483,8 +483,8 @@ func parseReason(rc *routeConf, tok *jwt.Token, err error) reason {
 // per-call allocation: it runs on every cache hit. When several fail, the
 // reason is the most telling: a claim of the wrong type, then exp, nbf,
 // iat, iss, aud, and last a missing exp, iss or aud.
-func (m *JWTCache) validate(rc *routeConf, rp *routeProv, c *verifiedClaims) reason {
-	now, leeway := m.now(), rc.leeway
+func (m *JWTCache) validate(rc *routeConf, rp *routeProv, c *verifiedClaims, now time.Time) reason {
+	leeway := rc.leeway
 	if c.expErr != nil || c.nbfErr != nil || c.iatErr != nil || (rp.issuer != "" && c.issErr != nil) || (len(rc.audience) > 0 && c.audErr != nil) {
 		return reasonMalformed
 	}
