@@ -74,27 +74,31 @@ func TestInsertInBlocks(t *testing.T) {
 // next batches. Cut two ways: ClickHouse frozen, its socket buffers
 // filling with the next blocks (the insert must fail within read_timeout
 // of the stalled write, not wait for ever: clickhouse-go bounds none of
-// those writes), and the insert's context ended between two blocks.
+// those writes), and the insert's context ended between two blocks. The
+// guard against waiting for ever is far above read_timeout: it only
+// turns a hang into a failure.
 func TestInsertCutMidBatch(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
-		name   string
-		cut    func(ch *backing.ClickHouse, cancel context.CancelFunc) error
-		thaw   bool
-		wantIs []error
+		name        string
+		rows        int
+		readTimeout string // the insert's deadline, and each write's
+		cut         func(ch *backing.ClickHouse, cancel context.CancelFunc) error
+		thaw        bool
+		wantIs      []error
 	}{
-		{"clickhouse frozen", func(ch *backing.ClickHouse, _ context.CancelFunc) error { return ch.Freeze() }, true,
+		// uncompressed 200000-row batches: far more than loopback's socket
+		// buffers hold
+		{"clickhouse frozen", 200000, "3s", func(ch *backing.ClickHouse, _ context.CancelFunc) error { return ch.Freeze() }, true,
 			[]error{errWriteStalled, context.DeadlineExceeded}},
-		{"context ended", func(_ *backing.ClickHouse, cancel context.CancelFunc) error { cancel(); return nil }, false,
+		{"context ended", 3 * blockRows, "1m", func(_ *backing.ClickHouse, cancel context.CancelFunc) error { cancel(); return nil }, false,
 			[]error{context.Canceled}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ch := startCH(t)
-			// uncompressed 200000-row batches: far more than loopback's
-			// socket buffers hold
-			n := 200000
-			cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  batch_size: %d\n  max_pending: %d\n  compression: none\n  read_timeout: 1s\n  dial_timeout: 1s\n", ch.NativeAddr(), n, n))
+			n := tt.rows
+			cfg := testConfig(t, fmt.Sprintf("  addrs: [%q]\n  create_table: true\n  batch_size: %d\n  max_pending: %d\n  compression: none\n  read_timeout: %s\n  dial_timeout: 1s\n", ch.NativeAddr(), n, n, tt.readTimeout))
 			c, err := newClient(cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -107,8 +111,10 @@ func TestInsertCutMidBatch(t *testing.T) {
 			cutCtx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			var once sync.Once
+			cut := false
 			c.afterBlock = func(string) {
 				once.Do(func() {
+					cut = true
 					if err := tt.cut(ch, cancel); err != nil {
 						t.Error(err)
 					}
@@ -118,9 +124,9 @@ func TestInsertCutMidBatch(t *testing.T) {
 			go func() { done <- c.insert(cutCtx, cfg.Table, testRows(n, 1_700_000_000_000, "cut")) }()
 			select {
 			case err = <-done:
-			case <-time.After(30 * time.Second):
+			case <-time.After(90 * time.Second):
 				_ = ch.Thaw()
-				t.Fatal("the insert still waits after 30s (read_timeout 1s)")
+				t.Fatalf("the insert still waits after 90s (read_timeout %s)", tt.readTimeout)
 			}
 			if tt.thaw {
 				if err := ch.Thaw(); err != nil {
@@ -129,6 +135,9 @@ func TestInsertCutMidBatch(t *testing.T) {
 			}
 			if err == nil {
 				t.Fatal("the cut insert succeeded")
+			}
+			if !cut {
+				t.Fatalf("the insert failed before its first block was sent, nothing was cut: %v", err)
 			}
 			matched := false
 			for _, want := range tt.wantIs {
