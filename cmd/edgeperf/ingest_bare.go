@@ -16,10 +16,6 @@ import (
 // the limits sends slimmer rows (one header each way, the columns of
 // post-resp only); this one costs ClickHouse what the ingest's rows cost
 // it.
-// bareBatch is the rows of one bare insert: clickhouse.batch_size's
-// default, as the runner's inserts in the scenarios.
-const bareBatch = 50000
-
 func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) error {
 	const table = "edgeperf_bare_rows"
 	if err := e.ch.Exec(ctx, "CREATE TABLE default."+table+" AS default."+ingestTable); err != nil {
@@ -49,14 +45,13 @@ func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) e
 		return fmt.Errorf("bare insert of the ingest's rows: read a row: %w", err)
 	}
 	rows.Close()
-	const batch = bareBatch
 	names := make([]string, len(types))
 	cols := make([]any, len(types))
 	for i, ct := range types {
 		names[i] = ct.Name()
 		v := reflect.ValueOf(vals[i]).Elem()
-		col := reflect.MakeSlice(reflect.SliceOf(v.Type()), batch, batch)
-		for k := 0; k < batch; k++ {
+		col := reflect.MakeSlice(reflect.SliceOf(v.Type()), bareBatch, bareBatch)
+		for k := 0; k < bareBatch; k++ {
 			if ct.Name() == "request_id" && v.Kind() == reflect.String {
 				col.Index(k).SetString("bare-" + strconv.Itoa(k))
 				continue
@@ -65,17 +60,9 @@ func (res *ingestResult) bareSameRows(ctx context.Context, o *options, e *env) e
 		}
 		cols[i] = col.Interface()
 	}
-	query := "INSERT INTO default." + table + " (" + strings.Join(names, ", ") + ")"
-	n, took, err := timedInsert(ctx, conn, query, cols, batch, o.insertFor)
+	n, took, err := timedInsert(ctx, e, conn, table, strings.Join(names, ", "), cols, o.insertFor)
 	if err != nil {
 		return fmt.Errorf("bare insert of the ingest's rows: %w", err)
-	}
-	got, err := e.ch.Count(ctx, "default."+table)
-	if err != nil {
-		return fmt.Errorf("bare insert of the ingest's rows: %w", err)
-	}
-	if int(got) != n+batch {
-		return fmt.Errorf("bare insert of the ingest's rows: %d rows in the table, want %d", got, n+batch)
 	}
 	res.bareRows, res.bareTime, res.bareCols = n, took, len(names)
 	return nil
