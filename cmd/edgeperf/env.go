@@ -38,6 +38,23 @@ const (
 )
 
 // env is everything a run talks to.
+// redisAddr is the runner's redis.addrs entry: the socket with
+// -redis-socket, else host:port.
+func (e *env) redisAddr() string {
+	if e.redisSock {
+		return "unix:" + e.rd.SocketPath()
+	}
+	return e.rd.Addr()
+}
+
+// redisDial is what the bare Redis clients dial.
+func (e *env) redisDial() (network, addr string) {
+	if e.redisSock {
+		return "unix", e.rd.SocketPath()
+	}
+	return "tcp", e.rd.Addr()
+}
+
 type env struct {
 	dir          string
 	rd           *backing.Redis
@@ -49,6 +66,7 @@ type env struct {
 	admin        string // http://127.0.0.1:port
 	cfgText      string
 	redisVersion string
+	redisSock    bool // see options.redisSock
 
 	hitToken    string
 	missTokens  []string
@@ -73,14 +91,14 @@ func startEnv(ctx context.Context, o *options, pr *progress) (*env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start env: %w", err)
 	}
-	e := &env{dir: dir}
+	e := &env{dir: dir, redisSock: o.redisSock}
 	ok := false
 	defer func() {
 		if !ok {
 			e.close()
 		}
 	}()
-	if e.rd, err = backing.StartRedis(backing.RedisOptions{}); err != nil {
+	if e.rd, err = backing.StartRedis(backing.RedisOptions{UnixSocket: true}); err != nil {
 		return nil, err
 	}
 	if e.ch, err = backing.StartClickHouse(backing.ClickHouseOptions{}); err != nil {
@@ -119,7 +137,7 @@ jwks:
   providers:
     - name: idp
       url: %q
-`, port, o.profile != "", e.rd.Addr(), e.ch.NativeAddr(), maxPending, tokenCacheSize, e.idp.URL())
+`, port, o.profile != "", e.redisAddr(), e.ch.NativeAddr(), maxPending, tokenCacheSize, e.idp.URL())
 	cfgPath := filepath.Join(dir, "go-runner.yaml")
 	if err := os.WriteFile(cfgPath, []byte(e.cfgText), 0o644); err != nil {
 		return nil, fmt.Errorf("write runner config: %w", err)

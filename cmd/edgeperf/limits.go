@@ -132,8 +132,11 @@ func (l *limits) redisBench(ctx context.Context, o *options, e *env) error {
 		if pipe > 1 {
 			n = o.rbNP
 		}
-		args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(e.rd.Port()), "-c", "64", "-n", strconv.Itoa(n),
-			"-r", "1000000", "-P", strconv.Itoa(pipe), "--csv"}
+		args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(e.rd.Port())}
+		if e.redisSock {
+			args = []string{"-s", e.rd.SocketPath()}
+		}
+		args = append(args, "-c", "64", "-n", strconv.Itoa(n), "-r", "1000000", "-P", strconv.Itoa(pipe), "--csv")
 		args = append(args, cmd...)
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		out, err := exec.CommandContext(cctx, "redis-benchmark", args...).CombinedOutput()

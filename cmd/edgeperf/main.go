@@ -50,6 +50,7 @@ type options struct {
 	benchtime string
 	profile   string   // directory for CPU profiles of the runner, one per scenario
 	baseline  string   // another go-runner binary whose no-op chain is compared with this one's
+	redisSock bool     // the runner and the bare Redis clients use Redis' Unix socket
 	only      []string // scenario keys to run (all if empty)
 	// loadProfile is where to write a CPU profile of this process.
 	loadProfile string
@@ -80,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.profile, "profile", "", "also take a CPU profile of the runner (admin pprof) during an extra 5 s slice of each scenario at the middle concurrency level, written to DIR/<scenario>.pprof")
 	fs.StringVar(&o.baseline, "baseline", "", "another go-runner binary (e.g. built from the previous commit): its no-op chain is measured against this runner's in alternating slices")
 	fs.StringVar(&o.loadProfile, "loadprofile", "", "also take a CPU profile of edgeperf itself (the load generator playing APISIX) over the whole run, written to FILE")
+	fs.BoolVar(&o.redisSock, "redis-socket", false, "the runner (redis.addrs [\"unix:/path\"]) and the bare Redis measurements (redis-benchmark -s, the bare RESP client) reach Redis over its Unix socket instead of loopback TCP")
 	var only string
 	fs.StringVar(&only, "only", "", "comma-separated scenario keys to run (default: all; the report is then partial)")
 	if err := fs.Parse(args); err != nil {

@@ -137,6 +137,9 @@ func (r *report) writeMethod(p func(string, ...any)) {
 	p("## How it is measured\n\n")
 	p("- The built runner is spawned as APISIX spawns it (`testbed.StartRunner`: its socket, its environment) with the config at the end of this page, ")
 	p("against a redis-server, a clickhouse-server and a JWKS endpoint (`testbed/idp`, RS256-2048 key) started for the run on loopback. ")
+	if o.redisSock {
+		p("Redis is reached over its Unix socket (`-redis-socket`): by the runner and by the bare Redis measurements below. ")
+	}
 	p("`testbed.Load` drives it through the test bed, which speaks APISIX's ext-plugin protocol (PrepareConf, HTTPReqCall, HTTPRespCall, ExtraInfo) and plays a trivial upstream.\n")
 	p("- Concurrency levels %v; closed loop (each worker sends its next request when the previous one is answered).\n", o.levels)
 	p("- **Fair ratios on a noisy machine.** Each scenario is compared with its own no-op twin: the *same requests* (headers, token, addresses, variables) ")
@@ -204,7 +207,7 @@ func (r *report) writeResults(p func(string, ...any)) {
 			counters += "; at the end: " + s.gauges
 		}
 		g := s.gw
-		counters += fmt.Sprintf("; test bed: HTTPReqCall %d, HTTPRespCall %d, ExtraInfo %d", g.Calls, g.RespCalls, g.ExtraInfo)
+		counters += fmt.Sprintf("; test bed: HTTPReqCall %d, HTTPRespCall %d, ExtraInfo %d, connections dialed %d", g.Calls, g.RespCalls, g.ExtraInfo, g.Dials)
 		if s.scenReqs > 0 {
 			counters += fmt.Sprintf(" (%.2f per request through the plugins)", float64(g.ExtraInfo)/float64(s.scenReqs))
 		}

@@ -122,7 +122,7 @@ type bareResult struct {
 
 // bareDecisions runs clients closed-loop clients for d, each on its own
 // connection, and returns decisions/s and the latencies of one client.
-func bareDecisions(ctx context.Context, addr string, alg bareAlg, clients int, d time.Duration) (float64, []time.Duration, error) {
+func bareDecisions(ctx context.Context, network, addr string, alg bareAlg, clients int, d time.Duration) (float64, []time.Duration, error) {
 	var done atomic.Int64
 	var firstErr error
 	var mu sync.Mutex
@@ -141,7 +141,7 @@ func bareDecisions(ctx context.Context, addr string, alg bareAlg, clients int, d
 				mu.Unlock()
 			}
 			var dl net.Dialer
-			c, err := dl.DialContext(ctx, "tcp", addr)
+			c, err := dl.DialContext(ctx, network, addr)
 			if err != nil {
 				fail(err)
 				return
@@ -189,17 +189,17 @@ func bareDecisions(ctx context.Context, addr string, alg bareAlg, clients int, d
 func (l *limits) measureBare(ctx context.Context, e *env, d time.Duration) {
 	c := e.rd.Client()
 	defer c.Close()
-	addr := "127.0.0.1:" + strconv.Itoa(e.rd.Port())
+	network, addr := e.redisDial()
 	for _, alg := range bareAlgs {
 		res := bareResult{alg: alg.name}
 		var err error
-		res.p50, res.p99, err = bareOne(ctx, addr, alg, d)
+		res.p50, res.p99, err = bareOne(ctx, network, addr, alg, d)
 		if err == nil {
 			err = c.ConfigResetStat(ctx).Err()
 		}
 		var n float64
 		if err == nil {
-			n, _, err = bareDecisions(ctx, addr, alg, 64, d)
+			n, _, err = bareDecisions(ctx, network, addr, alg, 64, d)
 			res.tput64 = n
 		}
 		if err == nil {
@@ -253,8 +253,8 @@ func (l *limits) bareOf(alg string) *bareResult {
 
 // bareOne runs alg's commands on one connection for d and returns the p50
 // and p99 of its round trips.
-func bareOne(ctx context.Context, addr string, alg bareAlg, d time.Duration) (p50, p99 time.Duration, err error) {
-	_, lat, err := bareDecisions(ctx, addr, alg, 1, d)
+func bareOne(ctx context.Context, network, addr string, alg bareAlg, d time.Duration) (p50, p99 time.Duration, err error) {
+	_, lat, err := bareDecisions(ctx, network, addr, alg, 1, d)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -272,7 +272,8 @@ func bareSlice(ctx context.Context, e *env, alg string, d time.Duration) (time.D
 	if err != nil {
 		return 0, err
 	}
-	p50, _, err := bareOne(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, d)
+	network, addr := e.redisDial()
+	p50, _, err := bareOne(ctx, network, addr, a, d)
 	return p50, err
 }
 
@@ -283,7 +284,8 @@ func bareTputSlice(ctx context.Context, e *env, alg string, clients int, d time.
 	if err != nil {
 		return 0, err
 	}
-	tput, _, err := bareDecisions(ctx, "127.0.0.1:"+strconv.Itoa(e.rd.Port()), a, clients, d)
+	network, addr := e.redisDial()
+	tput, _, err := bareDecisions(ctx, network, addr, a, clients, d)
 	return tput, err
 }
 

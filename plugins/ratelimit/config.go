@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -17,7 +19,10 @@ type Config struct {
 	Mode string `yaml:"mode"`
 	// Addrs are host:port addresses: the server (standalone, exactly one),
 	// the sentinels (sentinel) or cluster seed nodes (cluster). If empty,
-	// ["127.0.0.1:6379"].
+	// ["127.0.0.1:6379"]. In standalone mode the one address may instead be
+	// a Unix socket, "unix:/path/to/redis.sock" (redis.conf's unixsocket),
+	// for a Redis on the same host; TLS does not apply to it. The runner
+	// needs write permission on the socket (unixsocketperm).
 	Addrs []string `yaml:"addrs"`
 	// MasterName is the name the sentinels monitor. Required in sentinel
 	// mode, unused otherwise.
@@ -148,6 +153,22 @@ var keyPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.:\-/]{1,64}$`)
 // PipelineOn reports whether decisions are batched into pipelines.
 func (x *Config) PipelineOn() bool { return x.Pipeline == nil || *x.Pipeline }
 
+// unixPrefix starts an address that names a Unix socket.
+const unixPrefix = "unix:"
+
+// Dial returns the network and address of the standalone server (mode
+// standalone): "unix" and the socket's path for a "unix:" address, else
+// "tcp" and host:port.
+func (x *Config) Dial() (network, addr string) {
+	if len(x.Addrs) == 0 {
+		return "tcp", ""
+	}
+	if p, ok := strings.CutPrefix(x.Addrs[0], unixPrefix); ok && x.Mode == "standalone" {
+		return "unix", p
+	}
+	return "tcp", x.Addrs[0]
+}
+
 // MultiplexOn reports whether the batcher uses the multiplexed connection.
 func (x *Config) MultiplexOn() bool {
 	return x.PipelineOn() && x.Mode != "cluster" && (x.Multiplex == nil || *x.Multiplex)
@@ -238,7 +259,21 @@ func (x *Config) Validate() []error {
 	default:
 		bad("mode", "must be one of %s, got %q", strings.Join(Modes, ", "), x.Mode)
 	}
-	errs = append(errs, core.CheckAddrs("redis", x.Addrs)...)
+	if network, path := x.Dial(); network == "unix" {
+		switch {
+		case !filepath.IsAbs(path):
+			bad("addrs[0]", "a Unix socket must be an absolute path (unix:/path/to/redis.sock), got %q", x.Addrs[0])
+		case x.TLS.Enabled:
+			bad("tls.enabled", "must be false with a Unix socket address (Redis serves TLS on TCP ports only)")
+		}
+	} else {
+		for i, a := range x.Addrs {
+			if strings.HasPrefix(a, unixPrefix) {
+				bad(fmt.Sprintf("addrs[%d]", i), "a Unix socket is only allowed in standalone mode, got %q in %s mode", a, x.Mode)
+			}
+		}
+		errs = append(errs, core.CheckAddrs("redis", x.Addrs)...)
+	}
 	if x.Multiplex != nil && *x.Multiplex {
 		if x.Mode == "cluster" {
 			bad("multiplex", "is not available in cluster mode")

@@ -109,6 +109,7 @@ func (r *reply) Int64() (int64, error) {
 // muxDialer opens and prepares one connection: to addr (standalone), or
 // to the master the sentinels name at each dial (sentinel).
 type muxDialer struct {
+	network   string // of addr: "tcp" or "unix"
 	addr      string
 	sentinels []*redis.SentinelClient
 	master    string
@@ -157,7 +158,7 @@ func (d *muxDialer) dial(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	var nd net.Dialer
-	c, err := nd.DialContext(ctx, "tcp", addr)
+	c, err := nd.DialContext(ctx, d.network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("redis mux dial: %w", err)
 	}
@@ -903,9 +904,10 @@ func newMuxDialer(cfg Config) (*muxDialer, error) {
 		timeout:  cfg.DialTimeout.D(),
 	}
 	if cfg.Mode != "sentinel" {
-		d.addr = cfg.Addrs[0]
+		d.network, d.addr = cfg.Dial()
 		return d, nil
 	}
+	d.network = "tcp"
 	d.master = cfg.MasterName
 	for _, a := range cfg.Addrs {
 		d.sentinels = append(d.sentinels, redis.NewSentinelClient(&redis.Options{

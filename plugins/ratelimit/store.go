@@ -266,7 +266,9 @@ func newClient(cfg Config) (redis.UniversalClient, error) {
 	case "sentinel":
 		return redis.NewFailoverClient(o.Failover()), nil
 	default:
-		return redis.NewClient(o.Simple()), nil
+		so := o.Simple()
+		so.Network, so.Addr = cfg.Dial()
+		return redis.NewClient(so), nil
 	}
 }
 

@@ -40,6 +40,9 @@ type RedisOptions struct {
 	// AppendOnly enables the AOF so that data survives Kill and Restart.
 	// Without it RDB snapshots are disabled and a restarted server is empty.
 	AppendOnly bool
+	// UnixSocket also serves on a Unix socket, SocketPath, beside the TCP
+	// port.
+	UnixSocket bool
 	// Config holds extra redis.conf lines appended verbatim.
 	Config []string
 	// StartTimeout bounds the wait for PING after launch (default 15s).
@@ -98,6 +101,9 @@ func StartRedis(opts RedisOptions) (*Redis, error) {
 				lines = append(lines, "appendonly yes")
 			} else {
 				lines = append(lines, "appendonly no")
+			}
+			if opts.UnixSocket {
+				lines = append(lines, "unixsocket "+quoteConf(filepath.Join(dir, redisSocketName)), "unixsocketperm 700")
 			}
 			if opts.MaxMemory != "" {
 				lines = append(lines, "maxmemory "+opts.MaxMemory)
@@ -297,6 +303,13 @@ func (r *Redis) Port() int {
 
 // Dir returns the server's directory (configuration, data and logs).
 func (r *Redis) Dir() string { return r.dir }
+
+// redisSocketName is the Unix socket's file in the server's directory.
+const redisSocketName = "redis.sock"
+
+// SocketPath is the Unix socket of a server started with
+// RedisOptions.UnixSocket (in its directory; the file exists only then).
+func (r *Redis) SocketPath() string { return filepath.Join(r.dir, redisSocketName) }
 
 // Username returns the ACL user name clients must use ("" for none).
 func (r *Redis) Username() string { return r.username }
