@@ -156,6 +156,10 @@ func (x *Config) PipelineOn() bool { return x.Pipeline == nil || *x.Pipeline }
 // unixPrefix starts an address that names a Unix socket.
 const unixPrefix = "unix:"
 
+// maxSocketPath is the longest Unix socket path Linux accepts (sun_path
+// holds 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
 // Dial returns the network and address of the standalone server (mode
 // standalone): "unix" and the socket's path for a "unix:" address, else
 // "tcp" and host:port.
@@ -163,7 +167,7 @@ func (x *Config) Dial() (network, addr string) {
 	if len(x.Addrs) == 0 {
 		return "tcp", ""
 	}
-	if p, ok := strings.CutPrefix(x.Addrs[0], unixPrefix); ok && x.Mode == "standalone" {
+	if p, ok := strings.CutPrefix(x.Addrs[0], unixPrefix); ok && (x.Mode == "standalone" || x.Mode == "") {
 		return "unix", p
 	}
 	return "tcp", x.Addrs[0]
@@ -263,6 +267,8 @@ func (x *Config) Validate() []error {
 		switch {
 		case !filepath.IsAbs(path):
 			bad("addrs[0]", "a Unix socket must be an absolute path (unix:/path/to/redis.sock), got %q", x.Addrs[0])
+		case len(path) > maxSocketPath:
+			bad("addrs[0]", "a Unix socket path must be at most %d bytes (the kernel's limit), got %d", maxSocketPath, len(path))
 		case x.TLS.Enabled:
 			bad("tls.enabled", "must be false with a Unix socket address (Redis serves TLS on TCP ports only)")
 		}

@@ -99,6 +99,8 @@ func TestUnixSocketConfig(t *testing.T) {
 		{"tcp stays tcp", func(c *Config) { c.Addrs = []string{"127.0.0.1:6379"} }, "", "tcp"},
 		{"relative path", func(c *Config) { c.Addrs = []string{"unix:redis.sock"} },
 			`redis.addrs[0]: a Unix socket must be an absolute path (unix:/path/to/redis.sock), got "unix:redis.sock"`, ""},
+		{"path too long", func(c *Config) { c.Addrs = []string{"unix:/" + strings.Repeat("s", 107)} },
+			"redis.addrs[0]: a Unix socket path must be at most 107 bytes (the kernel's limit), got 108", ""},
 		{"with tls", func(c *Config) { c.Addrs = []string{"unix:" + sock}; c.TLS.Enabled = true },
 			"redis.tls.enabled: must be false with a Unix socket address", ""},
 		{"sentinel", func(c *Config) {
