@@ -38,23 +38,6 @@ const (
 )
 
 // env is everything a run talks to.
-// redisAddr is the runner's redis.addrs entry: the socket with
-// -redis-socket, else host:port.
-func (e *env) redisAddr() string {
-	if e.redisSock {
-		return "unix:" + e.rd.SocketPath()
-	}
-	return e.rd.Addr()
-}
-
-// redisDial is what the bare Redis clients dial.
-func (e *env) redisDial() (network, addr string) {
-	if e.redisSock {
-		return "unix", e.rd.SocketPath()
-	}
-	return "tcp", e.rd.Addr()
-}
-
 type env struct {
 	dir          string
 	rd           *backing.Redis
@@ -76,6 +59,23 @@ type env struct {
 	accounting string // rows in ClickHouse against the logger's counters
 
 	closeOnce sync.Once
+}
+
+// redisAddr is the runner's redis.addrs entry: the socket with
+// -redis-socket, else host:port.
+func (e *env) redisAddr() string {
+	if network, addr := e.redisDial(); network == "unix" {
+		return "unix:" + addr
+	}
+	return e.rd.Addr()
+}
+
+// redisDial is what the bare Redis clients dial.
+func (e *env) redisDial() (network, addr string) {
+	if e.redisSock {
+		return "unix", e.rd.SocketPath()
+	}
+	return "tcp", e.rd.Addr()
 }
 
 // startEnv starts the servers and the runner, and waits until the runner
