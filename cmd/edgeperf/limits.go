@@ -36,7 +36,6 @@ type limits struct {
 
 	insertRows   int
 	insertTime   time.Duration
-	insertBatch  int
 	insertErr    error
 	rsaSingle    float64 // verifications/s, one goroutine
 	rsaAll       float64 // verifications/s, one goroutine per core
@@ -236,7 +235,6 @@ func (l *limits) chInsert(ctx context.Context, o *options, e *env) error {
 	}
 	defer conn.Close()
 	const batch = bareBatch
-	l.insertBatch = batch
 	ts := make([]time.Time, batch)
 	routeID, method, host, path := make([]string, batch), make([]string, batch), make([]string, batch), make([]string, batch)
 	status := make([]uint16, batch)

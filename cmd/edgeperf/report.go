@@ -270,7 +270,7 @@ func (r *report) writeLimits(p func(string, ...any)) {
 		}
 		p("\n")
 	}
-	p("**ClickHouse: bare batch insert.** Batches of %d rows into a table created from `conf/clickhouse-schema.sql` (the logger's columns), native protocol, lz4, one connection, column-wise appends: ", l.insertBatch)
+	p("**ClickHouse: bare batch insert.** Batches of %d rows into a table created from `conf/clickhouse-schema.sql` (the logger's columns), native protocol, lz4, one connection, column-wise appends: ", bareBatch)
 	if l.insertErr != nil {
 		p("ERROR: %s\n\n", mdCell(l.insertErr.Error()))
 	} else if v := l.insertRowsPerSec(); v > 0 {
