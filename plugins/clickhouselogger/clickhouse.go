@@ -281,10 +281,11 @@ func (c *chClient) insertOn(ctx context.Context, s *server, table string, rows [
 			// has a deadline of its own (boundedConn), not the insert's:
 			// no block starts once the insert's has passed, so an insert
 			// ends within read_timeout and one write's timeout.
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
+			err := ctx.Err()
+			if err == nil {
+				err = b.Flush()
 			}
-			if err := b.Flush(); err != nil {
+			if err != nil {
 				return fmt.Errorf("insert into %s on %s: send: %w", table, s.addr, err)
 			}
 			if c.afterBlock != nil {
