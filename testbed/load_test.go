@@ -159,3 +159,70 @@ func TestLoadStop(t *testing.T) {
 		t.Errorf("got requests %d, OnResult calls %d, errors %d; want >0, equal, 0", rep.Requests, seen, rep.Errors)
 	}
 }
+
+// TestLoadPair: one worker alternates the two routes request by request;
+// each report counts its own requests and outcomes, and the time of its own
+// turns only.
+func TestLoadPair(t *testing.T) {
+	r := startFixture(t, testbed.RunnerOptions{})
+	g := newGateway(t, r, testbed.GatewayOptions{})
+	noop := &testbed.Route{ID: "pair-noop", PreReq: []testbed.PluginConf{}}
+	slow := &testbed.Route{ID: "pair-slow", PreReq: []testbed.PluginConf{
+		conf("fx-sleep", `{"ms":5}`),
+		conf("fx-rewrite", `{"resp_headers":{"X-RateLimit-Status":"allowed"}}`)}}
+	const n = 20
+	var mu sync.Mutex
+	var order []string
+	seen := map[string]map[int]bool{"a": {}, "b": {}}
+	onResult := func(leg string) func(testbed.LoadResult) {
+		return func(lr testbed.LoadResult) {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, leg)
+			seen[leg][lr.Index] = true
+		}
+	}
+	start := time.Now()
+	ra, rb, err := testbed.LoadPair(context.Background(),
+		testbed.LoadOptions{Gateway: g, Route: noop, Requests: n, CountHeader: "X-RateLimit-Status", OnResult: onResult("a")},
+		testbed.LoadOptions{Gateway: g, Route: slow, CountHeader: "X-RateLimit-Status", OnResult: onResult("b")})
+	wall := time.Since(start)
+	if err != nil {
+		t.Fatalf("LoadPair: %v", err)
+	}
+	for _, tt := range []struct {
+		name   string
+		rep    *testbed.LoadReport
+		header string
+	}{{"a", ra, ""}, {"b", rb, "allowed"}} {
+		if tt.rep.Requests != n || tt.rep.Errors != 0 || tt.rep.Status[200] != n || tt.rep.HeaderValues[tt.header] != n {
+			t.Errorf("%s: got %d requests, %d errors, status %v, header %v; want %d, 0, all 200, all %q",
+				tt.name, tt.rep.Requests, tt.rep.Errors, tt.rep.Status, tt.rep.HeaderValues, n, tt.header)
+		}
+		if len(seen[tt.name]) != n {
+			t.Errorf("%s: got %d distinct request indexes, want %d", tt.name, len(seen[tt.name]), n)
+		}
+		if got := tt.rep.Throughput * tt.rep.Elapsed.Seconds(); got < n-0.01 || got > n+0.01 {
+			t.Errorf("%s: throughput × elapsed = %.3f, want %d", tt.name, got, n)
+		}
+	}
+	for i, leg := range order {
+		if want := []string{"a", "b"}[i%2]; leg != want {
+			t.Fatalf("request %d went to %s, want %s (order %v)", i, leg, want, order)
+		}
+	}
+	// every turn of b sleeps 5 ms in the runner; the two legs' turns are
+	// disjoint parts of the call
+	if min := n * 5 * time.Millisecond; rb.Elapsed < min {
+		t.Errorf("b elapsed: got %v, want at least %v (its %d sleeps)", rb.Elapsed, min, n)
+	}
+	if sum := ra.Elapsed + rb.Elapsed; sum > wall {
+		t.Errorf("elapsed a + b: got %v, want at most the call's %v", sum, wall)
+	}
+
+	_, _, err = testbed.LoadPair(context.Background(),
+		testbed.LoadOptions{Gateway: g, Route: noop, Requests: n, Rate: 100}, testbed.LoadOptions{Gateway: g, Route: slow})
+	if err == nil || !strings.Contains(err.Error(), "not supported") {
+		t.Errorf("LoadPair with Rate: got error %v, want Rate and Interval not supported", err)
+	}
+}
