@@ -160,7 +160,7 @@ func TestLoadStop(t *testing.T) {
 	}
 }
 
-// TestLoadPair: one worker alternates the two routes request by request;
+// TestLoadPair: one worker alternates the two routes in turns;
 // each report counts its own requests and outcomes, and the time of its own
 // turns only.
 func TestLoadPair(t *testing.T) {
@@ -184,8 +184,8 @@ func TestLoadPair(t *testing.T) {
 	}
 	start := time.Now()
 	ra, rb, err := testbed.LoadPair(context.Background(),
-		testbed.LoadOptions{Gateway: g, Route: noop, Requests: n, CountHeader: "X-RateLimit-Status", OnResult: onResult("a")},
-		testbed.LoadOptions{Gateway: g, Route: slow, CountHeader: "X-RateLimit-Status", OnResult: onResult("b")})
+		testbed.LoadOptions{Gateway: g, Route: noop, Requests: n, Turn: 3, CountHeader: "X-RateLimit-Status", OnResult: onResult("a")},
+		testbed.LoadOptions{Gateway: g, Route: slow, Turn: 2, CountHeader: "X-RateLimit-Status", OnResult: onResult("b")})
 	wall := time.Since(start)
 	if err != nil {
 		t.Fatalf("LoadPair: %v", err)
@@ -206,8 +206,10 @@ func TestLoadPair(t *testing.T) {
 			t.Errorf("%s: throughput × elapsed = %.3f, want %d", tt.name, got, n)
 		}
 	}
+	// turns of 3 and 2 requests: a a a b b, a a a b b, ...; the loop ends
+	// when both have sent n
 	for i, leg := range order {
-		if want := []string{"a", "b"}[i%2]; leg != want {
+		if want := []string{"a", "a", "a", "b", "b"}[i%5]; i < 5*(n/3) && leg != want {
 			t.Fatalf("request %d went to %s, want %s (order %v)", i, leg, want, order)
 		}
 	}

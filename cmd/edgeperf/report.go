@@ -146,6 +146,12 @@ func (r *report) writeMethod(p func(string, ...any)) {
 	p("through a route whose ext-plugin phases are configured but empty (`ext-plugin-pre-req` and/or `ext-plugin-post-resp` with an empty conf list: PrepareConf and one call per phase, no plugin runs). ")
 	p("So the ratio isolates what the plugins cost. At each level the scenario gets an unmeasured warm-up (%s), then %d round(s) of one no-op slice and one scenario slice of %s each, ", o.warmup, o.rounds, o.slice)
 	p("alternating which goes first (ABBA), so both are measured within seconds of each other.\n")
+	p("- **At c=1 the two take turns of %d requests** (`testbed.LoadPair`): each round is one closed loop of %s whose single worker sends %d no-op requests, then %d scenario requests, and so on (which leads alternates across rounds). ", pairTurn, 2*o.slice, pairTurn, pairTurn)
+	p("With one request in flight the two never overlap, so neither slows the other down; and both meet the same moments of the machine. ")
+	p("This matters here: on this virtual machine a lone request's latency swings between a fast and a slow state (a halted CPU woken or not) that change every few tens of milliseconds; alternating slices of 100 ms gave per-pair ratios from 0.3 to 3 for the same code, while turns read an A/A pair (two no-op routes) at 0.98–1.00. ")
+	p("Turns of one request read closer to 1 than turns of 8 to 128, which agree: each request then runs in the caches the other route left. ")
+	p("Each route's time is that of its own requests (each from its start to the next one's), so its req/s is the rate the loop reaches on it alone. ")
+	p("Work a plugin leaves behind (a logger's inserts, a delayed sync, garbage collection) also runs beside the no-op requests at c=1; at c=8 and c=64 the slices keep it on the scenario's side.\n")
 	p("- req/s is pooled over the slices (requests ÷ time); p50 and p99 are the median of the slices' own percentiles; **ratio** = scenario req/s ÷ no-op req/s of the interleaved slices; *per round* gives each pair's ratio, a measure of the noise.\n")
 	p("- Order: healthy scenarios first, the healthy logger (`chl`) right before ClickHouse is killed (`chl-down`, compared with it), then Redis killed (`rl-down`); nothing after a kill needs the killed server.\n")
 	p("- The physical limits run before the load, with the runner idle; the micro-benchmarks after it, with the runner and servers stopped (they start their own).\n\n")
@@ -628,7 +634,7 @@ func (r *report) cpuTable(p func(string, ...any)) {
 	p("| scenario | load generator µs | runner µs | redis-server µs | clickhouse-server µs | total µs | expected ratio | measured ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.scenarios {
 		c := r.cell(s.sc.key, l)
-		if c == nil {
+		if c == nil || c.paired {
 			continue
 		}
 		nb, ns := reqs(c.base), reqs(c.scen)
