@@ -36,9 +36,22 @@ type CallValues interface {
 
 type verifiedConsumerKey struct{}
 
+// consumerCarrier is implemented by the runner's own requests: the
+// consumer in a field of the call, so that recording it on every
+// authenticated request does not box the string (an allocation) as a
+// CallValues value would.
+type consumerCarrier interface {
+	SetConsumerID(id string)
+	ConsumerID() string
+}
+
 // SetVerifiedConsumer records, on request r, the consumer identity a
 // plugin has verified. It reports false when r cannot carry it.
 func SetVerifiedConsumer(r any, id string) bool {
+	if cc, ok := r.(consumerCarrier); ok {
+		cc.SetConsumerID(id)
+		return true
+	}
 	cv, ok := r.(CallValues)
 	if !ok {
 		return false
@@ -50,6 +63,10 @@ func SetVerifiedConsumer(r any, id string) bool {
 // VerifiedConsumer returns the consumer identity an earlier plugin verified
 // for this same call (SetVerifiedConsumer), and false when there is none.
 func VerifiedConsumer(r any) (string, bool) {
+	if cc, ok := r.(consumerCarrier); ok {
+		id := cc.ConsumerID()
+		return id, id != ""
+	}
 	cv, ok := r.(CallValues)
 	if !ok {
 		return "", false

@@ -38,8 +38,15 @@ var methods = func() [256]string {
 }()
 
 // callValues holds what one plugin hands to the next within a call
-// (core.CallValues).
-type callValues struct{ kv []any }
+// (core.CallValues), and the consumer a plugin verified in a field of its
+// own (core.SetVerifiedConsumer), set without boxing it.
+type callValues struct {
+	kv       []any
+	consumer string
+}
+
+func (v *callValues) SetConsumerID(id string) { v.consumer = id }
+func (v *callValues) ConsumerID() string      { return v.consumer }
 
 func (v *callValues) SetCallValue(key, value any) {
 	for i := 0; i < len(v.kv); i += 2 {
@@ -63,6 +70,7 @@ func (v *callValues) CallValue(key any) any {
 func (v *callValues) reset() {
 	clear(v.kv)
 	v.kv = v.kv[:0]
+	v.consumer = ""
 }
 
 // request is the pkg/http Request of one HTTPReqCall. Everything it returns
