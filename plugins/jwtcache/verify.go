@@ -25,6 +25,27 @@ type cacheEntry struct {
 	alg    string
 	exp    time.Time
 	claims *verifiedClaims
+	// promoted is when a hit last moved the entry to the front of the LRU
+	// (Unix ns): see lookup.
+	promoted atomic.Int64
+}
+
+// lookup finds the entry of a verified token. A hit takes the cache's read
+// lock only, and moves the entry to the front of the LRU, under the write
+// lock, at most once a second: every other hit spares the exclusive lock
+// that all requests of all routes would queue on. A token in use is then
+// evicted only after token_cache_size other tokens were verified within
+// the second since its last move; it is verified again, nothing worse.
+func (m *JWTCache) lookup(key cacheKey, now time.Time) (*cacheEntry, bool) {
+	e, ok := m.cache.Peek(key)
+	if !ok {
+		return nil, false
+	}
+	if t := now.UnixNano(); t-e.promoted.Load() >= int64(time.Second) {
+		e.promoted.Store(t)
+		m.cache.Get(key)
+	}
+	return e, true
 }
 
 // cacheKey is the token's hash (hash/maphash, under a seed drawn at
@@ -224,7 +245,7 @@ func (m *JWTCache) verifyToken(rc *routeConf, tok *tokenText) verdict {
 		if ks == nil {
 			continue
 		}
-		if e, ok := m.cache.Get(cacheKey{prov: rp.prov.id, hash: hash}); ok && tok.is(e.token) && m.entryValid(e, ks, now) {
+		if e, ok := m.lookup(cacheKey{prov: rp.prov.id, hash: hash}, now); ok && tok.is(e.token) && m.entryValid(e, ks, now) {
 			m.hits.Inc()
 			return m.checkClaims(rc, rp, e.alg, e.claims, now)
 		}
@@ -253,7 +274,7 @@ func (m *JWTCache) verifyWith(rc *routeConf, rp *routeProv, found *tokenText, ha
 	if ks != nil {
 		// an entry of another token under the same hash is a miss (and is
 		// replaced if this one verifies)
-		if e, ok := m.cache.Get(key); ok && found.is(e.token) {
+		if e, ok := m.lookup(key, now); ok && found.is(e.token) {
 			if m.entryValid(e, ks, now) {
 				m.hits.Inc()
 				return m.checkClaims(rc, rp, e.alg, e.claims, now)

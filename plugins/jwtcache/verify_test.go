@@ -182,6 +182,45 @@ func TestCacheHitAndExpiry(t *testing.T) {
 	}
 }
 
+// TestCacheRecency: a hit moves its token to the front of the LRU at most
+// once a second, so a token in use outlives tokens verified once, except
+// against a burst of new tokens within a second of its last move.
+func TestCacheRecency(t *testing.T) {
+	clk := newClock()
+	cfg := Config{TokenCacheSize: 2, Providers: []ProviderConfig{{Name: "kc", URL: "http://127.0.0.1:1/certs", MaxStale: core.Duration(time.Hour)}}}
+	m, _, _ := testModule(t, cfg, clk.Now)
+	install(t, m, "kc", jwksDoc(t, true, rsKey(t, "rs")))
+	rc := bind(t, m, `{"provider":"kc"}`)
+	toks := map[string]string{}
+	for _, sub := range []string{"a", "b", "c", "d"} {
+		toks[sub] = sign(t, rsKey(t, "rs"), clk.Now(), map[string]any{"sub": sub, "exp": clk.Now().Add(time.Hour).Unix()})
+	}
+	steps := []struct {
+		advance time.Duration
+		sub     string
+		hit     bool
+	}{
+		{0, "a", false},
+		{0, "b", false},
+		{2 * time.Second, "a", true}, // moved to the front: b is the oldest
+		{0, "c", false},              // evicts b
+		{0, "a", true},               // not moved again within the second
+		{0, "b", false},              // so a, the oldest, is evicted
+		{0, "a", false},
+		{2 * time.Second, "b", true},
+	}
+	for i, st := range steps {
+		clk.Advance(st.advance)
+		h0 := testutil.ToFloat64(m.hits)
+		if v := m.verify(rc, toks[st.sub]); v.reason != reasonOK {
+			t.Fatalf("step %d (%s): got %s, want ok", i, st.sub, v.reason)
+		}
+		if got := testutil.ToFloat64(m.hits) > h0; got != st.hit {
+			t.Errorf("step %d (%s): got hit %v, want %v", i, st.sub, got, st.hit)
+		}
+	}
+}
+
 func TestCacheInvalidatedWhenKeyLeaves(t *testing.T) {
 	clk := newClock()
 	m := matrixModule(t, clk)
