@@ -57,8 +57,8 @@ type cell struct {
 	// CPU time of each process over the measured slices of the scenario
 	// and of its no-op twin (none when paired).
 	scenCPU, baseCPU procTimes
-	// paired: the no-op twin and the scenario alternated request by
-	// request in each round (testbed.LoadPair), at c=1.
+	// paired: the no-op twin and the scenario took turns of pairTurn
+	// requests in one loop each round (testbed.LoadPair), at c=1.
 	paired bool
 }
 
@@ -527,11 +527,12 @@ func profileScenario(ctx context.Context, o *options, e *env, sc *scenario, lvl 
 // a row: about a millisecond of requests, short against the machine's
 // swings (tens of milliseconds), long enough that a route's requests
 // follow each other as in a run of their own. Turns of 1 read the jwt-hit
-// scenario 0.93–0.95, turns of 8, 32 and 128 alike 0.88–0.93.
+// scenario 0.93–0.96, turns of 8, 32 and 128 alike 0.88–0.93.
 const pairTurn = 32
 
-// measureCell warms the scenario up, then alternates no-op and scenario
-// slices (ABBA order across rounds, so neither always runs first).
+// measureCell warms the scenario up, then measures rounds of the no-op
+// twin and the scenario: at c=1 in turns within one loop, else in slices
+// (measureSlices).
 func measureCell(ctx context.Context, o *options, e *env, sc *scenario, lvl int) (*cell, error) {
 	optsFor := func(route *testbed.Route, d time.Duration) testbed.LoadOptions {
 		newReq := sc.newReq
