@@ -18,14 +18,14 @@ import (
 
 // muxEnv is a plugin on the multiplexed connection (the default in
 // standalone mode) with the given call timeout.
-func muxEnv(t *testing.T, rd *backing.Redis, timeout time.Duration, edit func(*Config)) *env {
+func muxEnv(t *testing.T, rd *backing.Redis, timeout time.Duration, edit func(*Config), opts ...Option) *env {
 	t.Helper()
 	e := newEnv(t, redisCfg(t, rd.Addr(), func(r *Config) {
 		r.Timeout = core.Duration(timeout)
 		if edit != nil {
 			edit(r)
 		}
-	}))
+	}), opts...)
 	if e.rl.batch == nil || e.rl.batch.mux == nil {
 		t.Fatal("got no multiplexed connection, want one by default in standalone mode")
 	}
@@ -58,7 +58,9 @@ func TestMuxLoneDecisionsOneWriteEach(t *testing.T) {
 // Redis answers every one of them, in order, each to its own caller.
 func TestMuxDoesNotWaitForReplies(t *testing.T) {
 	rd := backing.MustRedis(t, backing.RedisOptions{})
-	e := muxEnv(t, rd, time.Minute, nil)
+	// the test's clock: a window boundary of the wall clock would split a
+	// key's count between two windows
+	e := muxEnv(t, rd, time.Minute, nil, WithClock(newClock().now))
 	startAndSync(t, e)
 	c := mustConf(t, `{"limit":1000,"window":"1m","key":"header:X-Key","algorithm":"fixed_window"}`)
 	send := func(k string) result {

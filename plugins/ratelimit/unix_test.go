@@ -40,11 +40,13 @@ func TestUnixSocket(t *testing.T) {
 				c.Close()
 				t.Fatal("Redis still accepts TCP connections")
 			}
+			// the test's clock: a window boundary of the wall clock would
+			// reset the aligned windows between two decisions
 			e := newEnv(t, redisCfg(t, "unix:"+rd.SocketPath(), func(r *Config) {
 				r.Timeout = core.Duration(time.Second)
 				r.Pipeline = &tc.pipeline
 				r.Multiplex = &tc.multiplex
-			}))
+			}), WithClock(newClock().now))
 			if got := e.rl.batch != nil && e.rl.batch.mux != nil; got != tc.multiplex {
 				t.Fatalf("got multiplexed %v, want %v", got, tc.multiplex)
 			}

@@ -290,7 +290,8 @@ func TestShadowMode(t *testing.T) {
 // max_cost; missing or invalid: 1, counted) and cost on sliding_log.
 func TestWeightedCost(t *testing.T) {
 	rd := backing.MustRedis(t, backing.RedisOptions{})
-	e := newEnv(t, redisCfg(t, rd.Addr(), nil))
+	// the test's clock: remaining counts must not cross a window boundary
+	e := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(newClock().now))
 	for _, alg := range []string{"sliding_log", "sliding_window", "fixed_window"} {
 		t.Run(alg, func(t *testing.T) {
 			fixed := mustConf(t, `{"limit":10,"window":"1m","cost":3,"algorithm":"`+alg+`","name":"cf-`+alg+`"}`)
@@ -401,7 +402,8 @@ func TestUnlimitedOverrideAndNearLimit(t *testing.T) {
 	cl := rd.Client()
 	defer cl.Close()
 	cl.HSet(context.Background(), "edge:rl:overrides", "vip", "unlimited")
-	e := newEnv(t, redisCfg(t, rd.Addr(), nil))
+	// the test's clock: the five plain requests must share one window
+	e := newEnv(t, redisCfg(t, rd.Addr(), nil), WithClock(newClock().now))
 	c := mustConf(t, `{"limit":5,"window":"1m","tenant_header":"X-Tenant","algorithm":"fixed_window"}`)
 	send := func(tenant string) result {
 		r := newReq("192.0.2.1")
