@@ -148,7 +148,7 @@ func (r *report) writeMethod(p func(string, ...any)) {
 	p("alternating which goes first (ABBA), so both are measured within seconds of each other.\n")
 	p("- **At c=1 the two take turns of %d requests** (`testbed.LoadPair`): each round is one closed loop of %s whose single worker sends %d no-op requests, then %d scenario requests, and so on (which leads alternates across rounds). ", pairTurn, 2*o.slice, pairTurn, pairTurn)
 	p("With one request in flight the two never overlap, so neither slows the other down; and both meet the same moments of the machine. ")
-	p("This matters here: on this virtual machine a lone request's latency swings between a fast and a slow state (a halted CPU woken or not) that change every few tens of milliseconds; alternating slices of 100 ms gave per-pair ratios from 0.3 to 3 for the same code, while turns read an A/A pair (two no-op routes) at 0.98–1.00. ")
+	p("This matters here: on this virtual machine a lone request's latency swings between a fast and a slow state (a halted CPU woken or not) that change every few tens of milliseconds; alternating slices of 100 ms gave per-pair ratios from 0.3 to 3 for the same code, while turns read an A/A pair (two no-op routes) at 0.98–1.02 (p50 ratio 1.00). ")
 	p("Turns of one request read closer to 1 than turns of 8 to 128, which agree: each request then runs in the caches the other route left. ")
 	p("Each route's time is that of its own requests (each from its start to the next one's), so its req/s is the rate the loop reaches on it alone. ")
 	p("Work a plugin leaves behind (a logger's inserts, a delayed sync, garbage collection) also runs beside the no-op requests at c=1; at c=8 and c=64 the slices keep it on the scenario's side.\n")
