@@ -260,6 +260,9 @@ func TestCHLSpoolOutage(t *testing.T) {
 	route := chlRoute("spool", `{"resp_headers":["X-Upstream-Id","Content-Type"]}`)
 	chlDoAll(t, e, route, 0, 10, true)
 	eventually(t, 10*time.Second, "first rows", func() bool { return chlCount(ch, "edge_access_log") == 10 })
+	// killed only once the runner has read the insert's answer: else the
+	// 10 rows are spooled and replayed too (see TestCHLFreezeThenRestart)
+	chlWaitCounted(t, e, 10)
 	if err := ch.Kill(); err != nil {
 		t.Fatal(err)
 	}
