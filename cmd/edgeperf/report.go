@@ -630,11 +630,15 @@ func (r *report) noise() (lo, hi float64, where string) {
 func (r *report) cpuTable(p func(string, ...any)) {
 	l := slices.Max(r.opts.levels)
 	p("### Where the CPU goes (c=%d)\n\n", l)
+	if l == 1 {
+		p("Not told apart at c=1: the no-op twin and the scenario share each round (turns), so the processes' CPU time is theirs together. Measure a level above 1 for this table.\n\n")
+		return
+	}
 	p("CPU time (user + system, from `/proc`, clock ticks of 10 ms) of each process over the measured slices, per request: the no-op twin → the scenario. Every process shares the same cores, so what a scenario adds in any of them is throughput lost; *expected ratio* is the no-op total over the scenario total, next to the measured one. A process killed by the scenario shows —.\n\n")
 	p("| scenario | load generator µs | runner µs | redis-server µs | clickhouse-server µs | total µs | expected ratio | measured ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.scenarios {
 		c := r.cell(s.sc.key, l)
-		if c == nil || c.paired {
+		if c == nil {
 			continue
 		}
 		nb, ns := reqs(c.base), reqs(c.scen)
